@@ -41,6 +41,8 @@ void parallel_for(Index num_items, int num_threads, Body&& body) {
     for (Index item = 0; item < num_items; ++item) body(omp_get_thread_num(), item);
     return;
   }
+#else
+  static_cast<void>(num_threads);
 #endif
   for (Index item = 0; item < num_items; ++item) body(0, item);
 }

@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: MIT
+// The register-blocked product at the heart of the tiled kernel, written once in Eigen packets so the
+// same source becomes AVX-512, AVX2, SSE or NEON code.
+#pragma once
+
+#include <Eigen/Core>
+
+#include "headroom/core/tensor_view.hpp"
+
+namespace headroom::detail {
+
+using Packet = Eigen::internal::packet_traits<float>::type;
+inline constexpr int kPacketSize = Eigen::internal::packet_traits<float>::size;
+
+/// Register tile of the micro-kernel: kTileRows rows by kTilePackets packets of columns. With 32
+/// vector registers (AVX-512) 6 x 4 = 24 accumulators leave room for 4 B loads and a broadcast;
+/// with 16 registers (AVX2, SSE, NEON) 4 x 2 = 8 do.
+inline constexpr int kTileRows = kPacketSize == 16 ? 6 : 4;
+inline constexpr int kTilePackets = kPacketSize == 16 ? 4 : 2;
+
+/// How the micro-kernel starts its accumulators.
+enum class Accumulate {
+  kOverwrite,       ///< C = A.B
+  kRescaleAndAdd,   ///< C = diag(row_scale).C + A.B (the online-softmax correction of the output)
+};
+
+/// Computes a kRows x (kPackets * kPacketSize) block of C from A [kRows, depth] (row stride
+/// a_stride, read one scalar at a time and broadcast) and B [depth, columns] (row stride b_stride,
+/// read in aligned packets). b and c must be aligned to the packet size and their strides multiples
+/// of it. Accumulators live in registers for the whole depth loop.
+template <int kRows, int kPackets, Accumulate kMode>
+EIGEN_ALWAYS_INLINE void micro_kernel(const float* a, Index a_stride, const float* b,
+                                      Index b_stride, Index depth, float* c, Index c_stride,
+                                      const float* row_scale) {
+  using namespace Eigen::internal;
+  Packet acc[kRows][kPackets];
+  for (int r = 0; r < kRows; ++r) {
+    for (int p = 0; p < kPackets; ++p) {
+      if constexpr (kMode == Accumulate::kOverwrite) {
+        acc[r][p] = pset1<Packet>(0.0f);
+      } else {
+        acc[r][p] = pmul(pload<Packet>(c + r * c_stride + p * kPacketSize),
+                         pset1<Packet>(row_scale[r]));
+      }
+    }
+  }
+  for (Index k = 0; k < depth; ++k) {
+    Packet b_row[kPackets];
+    for (int p = 0; p < kPackets; ++p) b_row[p] = pload<Packet>(b + k * b_stride + p * kPacketSize);
+    for (int r = 0; r < kRows; ++r) {
+      const Packet a_rk = pset1<Packet>(a[r * a_stride + k]);
+      for (int p = 0; p < kPackets; ++p) acc[r][p] = pmadd(a_rk, b_row[p], acc[r][p]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int p = 0; p < kPackets; ++p) pstore(c + r * c_stride + p * kPacketSize, acc[r][p]);
+  }
+}
+
+/// Computes kRows rows of C [kRows, columns] with the micro-kernel, walking the columns in register
+/// tiles; `columns` is a multiple of kPacketSize.
+template <int kRows, Accumulate kMode>
+EIGEN_ALWAYS_INLINE void row_panel(const float* a, Index a_stride, const float* b, Index b_stride,
+                                   Index depth, float* c, Index c_stride, Index columns,
+                                   const float* row_scale) {
+  constexpr Index kTileColumns = kTilePackets * kPacketSize;
+  Index col = 0;
+  for (; col + kTileColumns <= columns; col += kTileColumns) {
+    micro_kernel<kRows, kTilePackets, kMode>(a, a_stride, b + col, b_stride, depth, c + col,
+                                             c_stride, row_scale);
+  }
+  for (; col < columns; col += kPacketSize) {
+    micro_kernel<kRows, 1, kMode>(a, a_stride, b + col, b_stride, depth, c + col, c_stride,
+                                  row_scale);
+  }
+}
+
+/// Computes `rows` (at most kTileRows) rows of C; dispatches the row count to a compile-time one.
+template <Accumulate kMode>
+inline void gemm_rows(Index rows, const float* a, Index a_stride, const float* b, Index b_stride,
+                      Index depth, float* c, Index c_stride, Index columns,
+                      const float* row_scale) {
+  static_assert(kTileRows <= 6, "gemm_rows dispatches at most 6 rows; extend the switch.");
+  HEADROOM_DASSERT(rows >= 1 && rows <= kTileRows);
+  switch (rows) {
+#define HEADROOM_GEMM_ROWS_CASE(n)                                                          \
+  case n:                                                                                   \
+    if constexpr (n <= kTileRows) {                                                         \
+      row_panel<n, kMode>(a, a_stride, b, b_stride, depth, c, c_stride, columns, row_scale); \
+    }                                                                                       \
+    break;
+    HEADROOM_GEMM_ROWS_CASE(1)
+    HEADROOM_GEMM_ROWS_CASE(2)
+    HEADROOM_GEMM_ROWS_CASE(3)
+    HEADROOM_GEMM_ROWS_CASE(4)
+    HEADROOM_GEMM_ROWS_CASE(5)
+    HEADROOM_GEMM_ROWS_CASE(6)
+#undef HEADROOM_GEMM_ROWS_CASE
+    default:
+      break;
+  }
+}
+
+}  // namespace headroom::detail

@@ -1,0 +1,13 @@
+// SPDX-License-Identifier: MIT
+// The umbrella header: includes all of headroom's public API.
+#pragma once
+
+#include "headroom/version.hpp"
+
+#include "headroom/core/error.hpp"
+#include "headroom/core/parallel.hpp"
+#include "headroom/core/tensor_view.hpp"
+
+#include "headroom/attention/attend.hpp"
+#include "headroom/attention/merge.hpp"
+#include "headroom/attention/options.hpp"
