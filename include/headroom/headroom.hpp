@@ -8,6 +8,9 @@
 #include "headroom/core/parallel.hpp"
 #include "headroom/core/tensor_view.hpp"
 
+#include "headroom/position/rope.hpp"
+
 #include "headroom/attention/attend.hpp"
+#include "headroom/attention/cost.hpp"
 #include "headroom/attention/merge.hpp"
 #include "headroom/attention/options.hpp"

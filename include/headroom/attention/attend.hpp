@@ -26,7 +26,7 @@ namespace detail {
 inline constexpr Index kKeyTile = 64;
 /// Query rows per work item (query positions x heads of the group): enough rows to amortise
 /// packing each K/V tile once per group, few enough that the rows' Q and O stay in L2.
-inline constexpr Index kTargetRows = 128;
+inline constexpr Index kTargetRows = 256;
 /// Marks a head dim that is only known at run time.
 inline constexpr int kDynamicDim = -1;
 

@@ -7,6 +7,16 @@
 
 #include "headroom/core/tensor_view.hpp"
 
+/// Fully unrolls a loop with a compile-time trip count. The micro-kernel's accumulators only stay
+/// in registers when its row and packet loops are unrolled, which GCC does at -O3 but not at -O2.
+#if defined(__clang__)
+#define HEADROOM_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define HEADROOM_UNROLL _Pragma("GCC unroll 16")
+#else
+#define HEADROOM_UNROLL
+#endif
+
 namespace headroom::detail {
 
 using Packet = Eigen::internal::packet_traits<float>::type;
@@ -34,7 +44,9 @@ EIGEN_ALWAYS_INLINE void micro_kernel(const float* a, Index a_stride, const floa
                                       const float* row_scale) {
   using namespace Eigen::internal;
   Packet acc[kRows][kPackets];
+  HEADROOM_UNROLL
   for (int r = 0; r < kRows; ++r) {
+    HEADROOM_UNROLL
     for (int p = 0; p < kPackets; ++p) {
       if constexpr (kMode == Accumulate::kOverwrite) {
         acc[r][p] = pset1<Packet>(0.0f);
@@ -46,13 +58,18 @@ EIGEN_ALWAYS_INLINE void micro_kernel(const float* a, Index a_stride, const floa
   }
   for (Index k = 0; k < depth; ++k) {
     Packet b_row[kPackets];
+    HEADROOM_UNROLL
     for (int p = 0; p < kPackets; ++p) b_row[p] = pload<Packet>(b + k * b_stride + p * kPacketSize);
+    HEADROOM_UNROLL
     for (int r = 0; r < kRows; ++r) {
       const Packet a_rk = pset1<Packet>(a[r * a_stride + k]);
+      HEADROOM_UNROLL
       for (int p = 0; p < kPackets; ++p) acc[r][p] = pmadd(a_rk, b_row[p], acc[r][p]);
     }
   }
+  HEADROOM_UNROLL
   for (int r = 0; r < kRows; ++r) {
+    HEADROOM_UNROLL
     for (int p = 0; p < kPackets; ++p) pstore(c + r * c_stride + p * kPacketSize, acc[r][p]);
   }
 }

@@ -1,0 +1,138 @@
+// SPDX-License-Identifier: MIT
+// This machine's own limits, measured in the benchmark run that uses them: FP32 FMA peak and
+// DRAM read bandwidth, for 1..n threads. Kernels report `roof` as a fraction of them.
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <vector>
+
+#include "headroom/core/parallel.hpp"
+
+namespace headroom::bench {
+
+using Packet = Eigen::internal::packet_traits<float>::type;
+inline constexpr int kPacketSize = Eigen::internal::packet_traits<float>::size;
+
+/// Runs `iterations` rounds of 12 independent FMA chains per thread and returns the FLOPs done.
+/// 12 chains cover the FMA latency (4 cycles) times the issue rate (up to 2 full-width per cycle).
+inline double fma_probe(int num_threads, long iterations) {
+  using namespace Eigen::internal;
+  constexpr int kChains = 12;
+  std::vector<float> sink(static_cast<size_t>(num_threads) * kPacketSize);
+  detail::parallel_for(num_threads, num_threads, [&](int, Index thread) {
+    Packet acc[kChains];
+    for (int c = 0; c < kChains; ++c) acc[c] = pset1<Packet>(static_cast<float>(c) * 1e-3f);
+    const Packet a = pset1<Packet>(0.999999f), b = pset1<Packet>(1e-7f);
+    for (long i = 0; i < iterations; ++i) {
+      // A chain of rounded FMAs has no closed form, so the compiler must issue every one; the
+      // accumulators stay in registers (no DoNotOptimize here: it would force them to memory).
+      for (int c = 0; c < kChains; ++c) acc[c] = pmadd(acc[c], a, b);
+    }
+    Packet total = acc[0];
+    for (int c = 1; c < kChains; ++c) total = padd(total, acc[c]);
+    pstoreu(sink.data() + thread * kPacketSize, total);
+  });
+  benchmark::DoNotOptimize(sink.data());
+  return 2.0 * kChains * kPacketSize * static_cast<double>(iterations) * num_threads;
+}
+
+/// Streams `floats` floats per thread through packet loads and returns the bytes read.
+inline double read_probe(const std::vector<float, Eigen::aligned_allocator<float>>& buffer,
+                         int num_threads) {
+  using namespace Eigen::internal;
+  const Index per_thread = static_cast<Index>(buffer.size()) / num_threads / (4 * kPacketSize) *
+                           (4 * kPacketSize);
+  std::vector<float> sink(static_cast<size_t>(num_threads));
+  detail::parallel_for(num_threads, num_threads, [&](int, Index thread) {
+    const float* data = buffer.data() + thread * per_thread;
+    Packet s0 = pset1<Packet>(0.0f), s1 = s0, s2 = s0, s3 = s0;
+    for (Index i = 0; i < per_thread; i += 4 * kPacketSize) {
+      s0 = padd(s0, pload<Packet>(data + i));
+      s1 = padd(s1, pload<Packet>(data + i + kPacketSize));
+      s2 = padd(s2, pload<Packet>(data + i + 2 * kPacketSize));
+      s3 = padd(s3, pload<Packet>(data + i + 3 * kPacketSize));
+    }
+    sink[thread] = predux(padd(padd(s0, s1), padd(s2, s3)));
+  });
+  benchmark::DoNotOptimize(sink.data());
+  return 4.0 * static_cast<double>(per_thread) * num_threads;
+}
+
+/// The read probe's buffer: 1 GiB, far beyond the last-level cache (32 MiB on Zen 4 here).
+inline const std::vector<float, Eigen::aligned_allocator<float>>& read_probe_buffer() {
+  static const std::vector<float, Eigen::aligned_allocator<float>> buffer(Index{1} << 28, 1.0f);
+  return buffer;
+}
+
+/// The best rate seen so far for each thread count, from the probe benchmarks or, when a filter
+/// skipped them, from a short measurement of its own.
+struct Limits {
+  std::map<int, double> peak_flops;   // FLOP/s
+  std::map<int, double> read_bytes;   // bytes/s
+
+  static Limits& instance() {
+    static Limits limits;
+    return limits;
+  }
+};
+
+/// Times f() once and returns seconds.
+template <class F>
+double seconds(F&& f) {
+  const auto start = std::chrono::steady_clock::now();
+  f();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+inline void record_peak_flops(int num_threads, double rate) {
+  double& best = Limits::instance().peak_flops[num_threads];
+  best = std::max(best, rate);
+}
+inline void record_read_bandwidth(int num_threads, double rate) {
+  double& best = Limits::instance().read_bytes[num_threads];
+  best = std::max(best, rate);
+}
+
+/// Returns the FP32 FMA peak of `num_threads` threads in FLOP/s.
+inline double peak_flops(int num_threads) {
+  auto& known = Limits::instance().peak_flops;
+  if (known.count(num_threads) == 0) {
+    for (int trial = 0; trial < 5; ++trial) {
+      double flops = 0.0;
+      const double time = seconds([&] { flops = fma_probe(num_threads, 2'000'000); });
+      record_peak_flops(num_threads, flops / time);
+    }
+  }
+  return known[num_threads];
+}
+
+/// Returns the DRAM read bandwidth of `num_threads` threads in bytes/s.
+inline double read_bandwidth(int num_threads) {
+  auto& known = Limits::instance().read_bytes;
+  if (known.count(num_threads) == 0) {
+    const auto& buffer = read_probe_buffer();
+    for (int trial = 0; trial < 5; ++trial) {
+      double bytes = 0.0;
+      const double time = seconds([&] { bytes = read_probe(buffer, num_threads); });
+      record_read_bandwidth(num_threads, bytes / time);
+    }
+  }
+  return known[num_threads];
+}
+
+/// Sets the FLOPS counter (a rate) and `roof`, the fraction of the FMA peak it reaches.
+inline void set_flop_counters(benchmark::State& state, double flops_per_iteration,
+                              int num_threads) {
+  const double iterations = static_cast<double>(state.iterations());
+  state.counters["FLOPS"] =
+      benchmark::Counter(flops_per_iteration * iterations, benchmark::Counter::kIsRate);
+  state.counters["roof"] = benchmark::Counter(
+      flops_per_iteration * iterations / peak_flops(num_threads), benchmark::Counter::kIsRate);
+}
+
+}  // namespace headroom::bench
