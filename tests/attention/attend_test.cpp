@@ -338,7 +338,7 @@ TEST(AttendTest, BadArgumentsThrowErrorsNamingThem) {
   }
   {
     Tensor k1(1, 5, 3, 8, Layout::kBshd, rng);
-    expect_rejected(q.view, k1.view, v.view, out.view, ok, "k.batch (1) differs from q.batch (2)");
+    expect_rejected(q.view, k1.view, v.view, out.view, ok, "v.batch (2) differs from k.batch (1)");
   }
   TensorView<float> negative = q.view;
   negative.seq = -1;
@@ -365,7 +365,7 @@ TEST(AttendTest, BadArgumentsThrowErrorsNamingThem) {
                   "kv_lens[1] (6) is outside [0, k.seq = 5]");
   bad_lens.kv_lens = {5};
   expect_rejected(q.view, k.view, v.view, out.view, bad_lens,
-                  "kv_lens.size() (1) differs from q.batch (2)");
+                  "kv_lens.size() (1) differs from the batch (2)");
   AttentionOptions bad_scale;
   bad_scale.scale = std::numeric_limits<float>::quiet_NaN();
   expect_rejected(q.view, k.view, v.view, out.view, bad_scale, "scale (nan) must be finite");

@@ -2,8 +2,9 @@
 // headroom::attend: one FlashAttention-style tiled kernel for MHA, GQA and MQA with any Dk, Dv.
 //
 // Read top to bottom: the key interval a mask allows each query, the per-thread scratch, the
-// online-softmax update of one block of rows, the walk of one work item over its key tiles, the
-// parallel driver, and the public entry point that validates and dispatches head dims.
+// online-softmax update of one block of rows, the packing of a K/V tile from any KV source, the walk
+// of one work item over its key tiles, the parallel driver with its split-KV merge, and the public
+// entry points that validate and dispatch head dims.
 #pragma once
 
 #include <Eigen/Core>
@@ -12,7 +13,10 @@
 #include <limits>
 #include <vector>
 
+#include "headroom/attention/kv_source.hpp"
+#include "headroom/attention/merge.hpp"
 #include "headroom/attention/options.hpp"
+#include "headroom/core/element.hpp"
 #include "headroom/core/error.hpp"
 #include "headroom/core/parallel.hpp"
 #include "headroom/core/tensor_view.hpp"
@@ -27,6 +31,12 @@ inline constexpr Index kKeyTile = 64;
 /// Query rows per work item (query positions x heads of the group): enough rows to amortise
 /// packing each K/V tile once per group, few enough that the rows' Q and O stay in L2.
 inline constexpr Index kTargetRows = 256;
+/// Splitting the keys of a work item across threads (flash-decoding) pays when there are fewer
+/// items than this; the split count depends on the shapes only, never on the thread count, so
+/// results stay bit-identical for any number of threads.
+inline constexpr Index kSplitBelowItems = 16;
+/// No split covers fewer keys than this: below it, merging costs more than it parallelises.
+inline constexpr Index kMinKeysPerSplit = 512;
 /// Marks a head dim that is only known at run time.
 inline constexpr int kDynamicDim = -1;
 
@@ -56,12 +66,15 @@ struct TileShape {
   Index positions_per_item;  // query positions per work item
   Index rows_per_item;       // positions_per_item * group_size
   Index tiles_per_sequence;  // work items along q_len
+  Index num_splits;          // key ranges per work item, merged by LSE (1: no split)
+  Index keys_per_split;      // a multiple of kKeyTile
 };
 
 /// Per-thread scratch, sized once per call; every pointer is aligned for packet loads.
 struct TileScratch {
   using Buffer = std::vector<float, Eigen::aligned_allocator<float>>;
   Buffer q;          // [rows_per_item, head_dim_k], pre-multiplied by the softmax scale
+  Buffer k_rows;     // [kKeyTile, head_dim_k], the K tile in f32, before transposing
   Buffer k_t;        // [head_dim_k, kKeyTile], the K tile transposed, zero past the last key
   Buffer v;          // [kKeyTile, head_dim_v_padded], zero past the last key and past head_dim_v
   Buffer o;          // [rows_per_item, head_dim_v_padded], unnormalised output accumulator
@@ -72,6 +85,7 @@ struct TileScratch {
 
   explicit TileScratch(const TileShape& shape)
       : q(shape.rows_per_item * shape.head_dim_k),
+        k_rows(kKeyTile * shape.head_dim_k),
         k_t(shape.head_dim_k * kKeyTile),
         v(kKeyTile * shape.head_dim_v_padded),
         o(shape.rows_per_item * shape.head_dim_v_padded),
@@ -100,42 +114,100 @@ inline void online_softmax_update(Index rows, float* scores, float* row_max, flo
   }
 }
 
-/// Copies the K tile [k0, k0 + count) of kv head `kv_head` transposed into k_t and the V tile into
-/// v, converting strides; the rest of the tile is zero so padded lanes contribute nothing.
-inline void pack_kv_tile(const TensorView<const float>& k, const TensorView<const float>& v,
-                         Index b, Index kv_head, Index k0, Index count, const TileShape& shape,
-                         TileScratch& scratch) {
+/// Writes one row of `count` elements at `src` (element step `stride`) to dst as f32.
+template <class T>
+inline void row_to_float(const T* src, Index count, Index stride, float scale, float* dst) {
+  if (stride == 1) {
+    to_float(src, count, scale, dst);
+  } else {
+    for (Index d = 0; d < count; ++d) dst[d] = scale * static_cast<float>(src[d * stride]);
+  }
+}
+
+/// Transposes k_rows [kKeyTile, dk] into k_t [dk, kKeyTile] for the first `count` keys, in
+/// packet-square blocks when dk allows it.
+inline void transpose_k_tile(Index count, Index dk, TileScratch& scratch) {
+  const float* rows = scratch.k_rows.data();
+  float* k_t = scratch.k_t.data();
+  if (dk % kPacketSize == 0) {
+    using namespace Eigen::internal;
+    const Index padded = (count + kPacketSize - 1) / kPacketSize * kPacketSize;
+    std::fill(scratch.k_rows.begin() + count * dk, scratch.k_rows.begin() + padded * dk, 0.0f);
+// PacketBlock<Packet16f> drops the vector type's alignment attribute, harmlessly: it is a local.
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
+    using Block = PacketBlock<Packet, kPacketSize>;
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+    for (Index c0 = 0; c0 < padded; c0 += kPacketSize) {
+      for (Index d0 = 0; d0 < dk; d0 += kPacketSize) {
+        Block block;
+        for (int i = 0; i < kPacketSize; ++i) {
+          block.packet[i] = pload<Packet>(rows + (c0 + i) * dk + d0);
+        }
+        ptranspose(block);
+        for (int i = 0; i < kPacketSize; ++i) {
+          pstore(k_t + (d0 + i) * kKeyTile + c0, block.packet[i]);
+        }
+      }
+    }
+  } else {
+    for (Index c = 0; c < count; ++c) {
+      for (Index d = 0; d < dk; ++d) k_t[d * kKeyTile + c] = rows[c * dk + d];
+    }
+  }
+}
+
+/// Converts the K tile [k0, k0 + count) of kv head `kv_head` to f32 and stores it transposed in
+/// k_t, and the V tile in v: once per tile, shared by every query row of the group. Lanes past
+/// `count` are zero so they contribute nothing.
+template <class Source>
+void pack_kv_tile(const Source& source, Index b, Index kv_head, Index k0, Index count,
+                  const TileShape& shape, TileScratch& scratch) {
   const Index dk = shape.head_dim_k, dv = shape.head_dim_v, dv_pad = shape.head_dim_v_padded;
   if (count < kKeyTile) {
     std::fill(scratch.k_t.begin(), scratch.k_t.end(), 0.0f);
     std::fill(scratch.v.begin() + count * dv_pad, scratch.v.end(), 0.0f);
   }
+  const Index k_stride = source.k_dim_stride(), v_stride = source.v_dim_stride();
   for (Index c = 0; c < count; ++c) {
-    const float* k_row = k.row(b, k0 + c, kv_head);
-    for (Index d = 0; d < dk; ++d) scratch.k_t[d * kKeyTile + c] = k_row[d * k.dim_stride];
-    const float* v_row = v.row(b, k0 + c, kv_head);
-    float* packed = scratch.v.data() + c * dv_pad;
-    for (Index d = 0; d < dv; ++d) packed[d] = v_row[d * v.dim_stride];
-    std::fill(packed + dv, packed + dv_pad, 0.0f);
+    const Index j = k0 + c;
+    row_to_float(source.k_row(b, j, kv_head), dk, k_stride, source.k_scale(b, j, kv_head),
+                 scratch.k_rows.data() + c * dk);
+    float* v_row = scratch.v.data() + c * dv_pad;
+    row_to_float(source.v_row(b, j, kv_head), dv, v_stride, source.v_scale(b, j, kv_head), v_row);
+    std::fill(v_row + dv, v_row + dv_pad, 0.0f);
   }
+  transpose_k_tile(count, dk, scratch);
 }
+
+/// Where a work item leaves its rows: the output and LSE views, or, when the keys are split, the
+/// item's slot of the partial results that the merge pass combines.
+struct RowSink {
+  float* partial_out = nullptr;  // [rows_per_item, head_dim_v] normalised, or null: write `out`
+  float* partial_lse = nullptr;  // [rows_per_item]
+};
 
 /// Computes one work item: the rows of query positions [i0, i1) of sequence b for every query
 /// head of kv head `kv_head`'s group, against all keys their masks allow, tile by tile. Row r is
 /// position i0 + r / group_size, head kv_head * group_size + r % group_size (positions outermost,
 /// so a block of rows spans few positions and shares most of its mask).
 /// \tparam kDk, kDv head dims fixed at compile time, or kDynamicDim.
-template <int kDk, int kDv>
-void attend_work_item(const TensorView<const float>& q, const TensorView<const float>& k,
-                      const TensorView<const float>& v, const TensorView<float>& out,
-                      const AttentionOptions& options, float scale, const TileShape& shape,
-                      Index b, Index kv_head, Index i0, Index i1, TileScratch& scratch) {
+/// Only keys in [key_begin, key_end) are visited: the item's split of the key range.
+template <int kDk, int kDv, class Source>
+void attend_work_item(const TensorView<const float>& q, const Source& source,
+                      const TensorView<float>& out, const AttentionOptions& options, float scale,
+                      const TileShape& shape, Index b, Index kv_head, Index i0, Index i1,
+                      Index key_begin, Index key_end, const RowSink& sink, TileScratch& scratch) {
   const Index dk = kDk != kDynamicDim ? kDk : shape.head_dim_k;
   const Index dv = kDv != kDynamicDim ? kDv : shape.head_dim_v;
   const Index dv_pad = shape.head_dim_v_padded;
   const Index group = shape.group_size;
   const Index rows = (i1 - i0) * group;
-  const Index kv_len = options.kv_lens.empty() ? shape.kv_len : options.kv_lens[b];
+  const Index kv_len = source.kv_len(b);
   const Index pos_offset = kv_len - shape.q_len;  // queries are the last q_len positions
   const KeyInterval keys{options.mask.kind, options.mask.window, kv_len};
   const auto position = [&](Index row) { return i0 + row / group + pos_offset; };
@@ -150,11 +222,11 @@ void attend_work_item(const TensorView<const float>& q, const TensorView<const f
   std::fill(scratch.row_max.begin(), scratch.row_max.begin() + rows, kNegInf);
   std::fill(scratch.row_sum.begin(), scratch.row_sum.begin() + rows, 0.0f);
 
-  const Index item_first = keys.first(position(0));
-  const Index item_end = keys.end(position(rows - 1));
+  const Index item_first = std::max(key_begin, keys.first(position(0)));
+  const Index item_end = std::min(key_end, keys.end(position(rows - 1)));
   for (Index k0 = item_first; k0 < item_end; k0 += kKeyTile) {
     const Index k1 = std::min(k0 + kKeyTile, item_end);
-    pack_kv_tile(k, v, b, kv_head, k0, k1 - k0, shape, scratch);
+    pack_kv_tile(source, b, kv_head, k0, k1 - k0, shape, scratch);
 
     for (Index r0 = 0; r0 < rows; r0 += kTileRows) {
       const Index block_rows = std::min<Index>(kTileRows, rows - r0);
@@ -198,66 +270,116 @@ void attend_work_item(const TensorView<const float>& q, const TensorView<const f
     const Index i = i0 + r / group, head = kv_head * group + r % group;
     const float l = scratch.row_sum[r];
     const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
+    const float lse = l > 0.0f ? scratch.row_max[r] + std::log(l) : kNegInf;
     const float* o_row = scratch.o.data() + r * dv_pad;
+    if (sink.partial_out != nullptr) {
+      float* partial = sink.partial_out + r * dv;
+      for (Index d = 0; d < dv; ++d) partial[d] = o_row[d] * inv_l;
+      sink.partial_lse[r] = lse;
+      continue;
+    }
     float* out_row = out.row(b, i, head);
     for (Index d = 0; d < dv; ++d) out_row[d * out.dim_stride] = o_row[d] * inv_l;
-    if (!options.lse.empty()) {
-      options.lse(b, head, i) = l > 0.0f ? scratch.row_max[r] + std::log(l) : kNegInf;
-    }
+    if (!options.lse.empty()) options.lse(b, head, i) = lse;
   }
 }
 
-/// Splits the call into work items (sequence, kv head, block of query positions) and runs them in
-/// parallel, the items with the most keys first so the causal triangle balances across threads.
-template <int kDk, int kDv>
-void attend_tiled(const TensorView<const float>& q, const TensorView<const float>& k,
-                  const TensorView<const float>& v, const TensorView<float>& out,
-                  const AttentionOptions& options, float scale, const TileShape& shape) {
-  const Index items_per_tile_index = shape.batch * shape.num_kv_heads;
-  const Index num_items = items_per_tile_index * shape.tiles_per_sequence;
+/// Splits the call into work items (block of query positions, sequence, kv head, key split) and
+/// runs them in parallel, the items with the most keys first so the causal triangle balances
+/// across threads. With split keys, a second pass merges each row's partial results by their LSE
+/// in split order, so the result does not depend on which thread ran which split.
+template <int kDk, int kDv, class Source>
+void attend_tiled(const TensorView<const float>& q, const Source& source,
+                  const TensorView<float>& out, const AttentionOptions& options, float scale,
+                  const TileShape& shape) {
+  const Index heads_and_batch = shape.batch * shape.num_kv_heads;
+  const Index num_groups = heads_and_batch * shape.tiles_per_sequence;  // items before splitting
+  const Index num_items = num_groups * shape.num_splits;
+  const Index dv = shape.head_dim_v, rows = shape.rows_per_item;
   const int num_threads = resolve_num_threads(options.num_threads, num_items);
   std::vector<TileScratch> scratch(static_cast<size_t>(num_threads), TileScratch(shape));
+  std::vector<float> partial_out, partial_lse;
+  if (shape.num_splits > 1) {
+    partial_out.resize(static_cast<size_t>(num_items * rows * dv));
+    partial_lse.resize(static_cast<size_t>(num_items * rows));
+  }
+  // Group g = (tile, b, kv_head), tiles in decreasing order; item = g * num_splits + split.
+  const auto decode_group = [&](Index g, Index& b, Index& kv_head, Index& i0, Index& i1) {
+    const Index tile = shape.tiles_per_sequence - 1 - g / heads_and_batch;
+    b = (g % heads_and_batch) / shape.num_kv_heads;
+    kv_head = g % shape.num_kv_heads;
+    i0 = tile * shape.positions_per_item;
+    i1 = std::min(i0 + shape.positions_per_item, shape.q_len);
+  };
   parallel_for(num_items, num_threads, [&](int thread, Index item) {
-    const Index tile = shape.tiles_per_sequence - 1 - item / items_per_tile_index;
-    const Index b = (item % items_per_tile_index) / shape.num_kv_heads;
-    const Index kv_head = item % shape.num_kv_heads;
-    const Index i0 = tile * shape.positions_per_item;
-    const Index i1 = std::min(i0 + shape.positions_per_item, shape.q_len);
-    attend_work_item<kDk, kDv>(q, k, v, out, options, scale, shape, b, kv_head, i0, i1,
-                               scratch[static_cast<size_t>(thread)]);
+    Index b, kv_head, i0, i1;
+    decode_group(item / shape.num_splits, b, kv_head, i0, i1);
+    const Index split = item % shape.num_splits;
+    RowSink sink;
+    if (shape.num_splits > 1) {
+      sink.partial_out = partial_out.data() + item * rows * dv;
+      sink.partial_lse = partial_lse.data() + item * rows;
+    }
+    attend_work_item<kDk, kDv>(q, source, out, options, scale, shape, b, kv_head, i0, i1,
+                               split * shape.keys_per_split, (split + 1) * shape.keys_per_split,
+                               sink, scratch[static_cast<size_t>(thread)]);
+  });
+  if (shape.num_splits == 1) return;
+
+  parallel_for(num_groups, resolve_num_threads(options.num_threads, num_groups),
+               [&](int, Index g) {
+    Index b, kv_head, i0, i1;
+    decode_group(g, b, kv_head, i0, i1);
+    for (Index r = 0; r < (i1 - i0) * shape.group_size; ++r) {
+      const Index i = i0 + r / shape.group_size;
+      const Index head = kv_head * shape.group_size + r % shape.group_size;
+      float* out_row = out.row(b, i, head);
+      const Index first = g * shape.num_splits;
+      float lse = partial_lse[first * rows + r];
+      for (Index d = 0; d < dv; ++d) {
+        out_row[d * out.dim_stride] = partial_out[(first * rows + r) * dv + d];
+      }
+      for (Index split = 1; split < shape.num_splits; ++split) {
+        const Index item = first + split;
+        const MergeWeights w = merge_weights(lse, partial_lse[item * rows + r]);
+        const float* part = partial_out.data() + (item * rows + r) * dv;
+        for (Index d = 0; d < dv; ++d) {
+          float& o = out_row[d * out.dim_stride];
+          o = w.weight_a * o + w.weight_b * part[d];
+        }
+        lse = w.lse;
+      }
+      if (!options.lse.empty()) options.lse(b, head, i) = lse;
+    }
   });
 }
 
 /// Checks every argument of attend and returns the call's shape; throws headroom::Error naming the
 /// first bad one.
-inline TileShape validate_attend(const TensorView<const float>& q,
-                                 const TensorView<const float>& k,
-                                 const TensorView<const float>& v, const TensorView<float>& out,
-                                 const AttentionOptions& options) {
+template <class Source>
+TileShape validate_attend(const TensorView<const float>& q, const Source& kv,
+                          const TensorView<float>& out, const AttentionOptions& options,
+                          bool dense) {
   constexpr const char* kWhere = "attend";
   check_view(q, kWhere, "q", false);
-  check_view(k, kWhere, "k", false);
-  check_view(v, kWhere, "v", false);
   check_view(out, kWhere, "out", true);
-  HEADROOM_CHECK(k.batch == q.batch, kWhere, "k.batch (", k.batch, ") differs from q.batch (",
-                 q.batch, ")");
-  HEADROOM_CHECK(v.batch == q.batch, kWhere, "v.batch (", v.batch, ") differs from q.batch (",
-                 q.batch, ")");
+  kv.validate(kWhere);
+  HEADROOM_CHECK(kv.batch() == q.batch, kWhere, "k.batch (", kv.batch(),
+                 ") differs from q.batch (", q.batch, ")");
   HEADROOM_CHECK(out.batch == q.batch, kWhere, "out.batch (", out.batch,
                  ") differs from q.batch (", q.batch, ")");
-  HEADROOM_CHECK(v.seq == k.seq, kWhere, "v.seq (", v.seq, ") differs from k.seq (", k.seq, ")");
   HEADROOM_CHECK(out.seq == q.seq, kWhere, "out.seq (", out.seq, ") differs from q.seq (", q.seq,
                  ")");
-  HEADROOM_CHECK(v.heads == k.heads, kWhere, "v.heads (", v.heads, ") differs from k.heads (",
-                 k.heads, ")");
-  HEADROOM_CHECK(q.heads % k.heads == 0, kWhere, "q.heads (", q.heads,
-                 ") is not a multiple of k.heads (", k.heads, ")");
+  HEADROOM_CHECK(q.heads % kv.num_kv_heads() == 0, kWhere, "q.heads (", q.heads,
+                 ") is not a multiple of k.heads (", kv.num_kv_heads(), ")");
   HEADROOM_CHECK(out.heads == q.heads, kWhere, "out.heads (", out.heads,
                  ") differs from q.heads (", q.heads, ")");
-  HEADROOM_CHECK(k.dim == q.dim, kWhere, "k.dim (", k.dim, ") differs from q.dim (", q.dim,
-                 "): keys and queries share head_dim_k");
-  HEADROOM_CHECK(out.dim == v.dim, kWhere, "out.dim (", out.dim, ") differs from v.dim (", v.dim,
-                 "): the output has head_dim_v");
+  HEADROOM_CHECK(kv.head_dim_k() == q.dim, kWhere, "k.dim (", kv.head_dim_k(),
+                 ") differs from q.dim (", q.dim, "): keys and queries share head_dim_k");
+  HEADROOM_CHECK(out.dim == kv.head_dim_v(), kWhere, "out.dim (", out.dim, ") differs from v.dim (",
+                 kv.head_dim_v(), "): the output has head_dim_v");
+  HEADROOM_CHECK(dense || options.kv_lens.empty(), kWhere, "kv_lens has ", options.kv_lens.size(),
+                 " entries, but it is for dense k and v only: a cache knows its lengths");
   if (options.mask.kind == MaskKind::kSlidingWindow) {
     HEADROOM_CHECK(options.mask.window >= 1, kWhere, "mask.window (", options.mask.window,
                    ") must be at least 1 for a sliding-window mask");
@@ -270,15 +392,8 @@ inline TileShape validate_attend(const TensorView<const float>& q,
                  options.softcap, ") must be finite and >= 0 (0 disables it)");
   HEADROOM_CHECK(options.num_threads >= 0, kWhere, "num_threads (", options.num_threads,
                  ") must be >= 0 (0 means the default)");
-  if (!options.kv_lens.empty()) {
-    HEADROOM_CHECK(static_cast<Index>(options.kv_lens.size()) == q.batch, kWhere,
-                   "kv_lens.size() (", options.kv_lens.size(), ") differs from q.batch (", q.batch,
-                   ")");
-    for (size_t b = 0; b < options.kv_lens.size(); ++b) {
-      HEADROOM_CHECK(options.kv_lens[b] >= 0 && options.kv_lens[b] <= k.seq, kWhere, "kv_lens[",
-                     b, "] (", options.kv_lens[b], ") is outside [0, k.seq = ", k.seq, "]");
-    }
-  }
+  HEADROOM_CHECK(options.kv_splits >= 0, kWhere, "kv_splits (", options.kv_splits,
+                 ") must be >= 0 (0 means automatic)");
   if (!options.lse.empty()) {
     const LseView& lse = options.lse;
     HEADROOM_CHECK(lse.batch == q.batch && lse.heads == q.heads && lse.seq == q.seq, kWhere,
@@ -289,47 +404,63 @@ inline TileShape validate_attend(const TensorView<const float>& q,
                        (lse.seq <= 1 || lse.seq_stride != 0),
                    kWhere, "lse has a zero stride on an axis longer than one; outputs must not alias");
   }
+  // A ring buffer has dropped its oldest keys: the mask must not reach back to them.
+  for (Index b = 0; b < q.batch && q.seq > 0; ++b) {
+    const KeyInterval keys{options.mask.kind, options.mask.window, kv.kv_len(b)};
+    const Index first_query_pos = kv.kv_len(b) - q.seq;
+    const Index needed = std::min(keys.first(first_query_pos), keys.end(first_query_pos));
+    HEADROOM_CHECK(needed >= kv.first_readable(b), kWhere, "sequence ", b, ": the mask reaches key ",
+                   needed, " but the cache only holds keys from ", kv.first_readable(b),
+                   " on; use a sliding-window mask no wider than the cache's window");
+  }
 
   TileShape shape{};
   shape.batch = q.batch;
   shape.q_len = q.seq;
-  shape.kv_len = k.seq;
+  shape.kv_len = kv.max_kv_len();
   shape.num_heads = q.heads;
-  shape.num_kv_heads = k.heads;
-  shape.group_size = q.heads / k.heads;
+  shape.num_kv_heads = kv.num_kv_heads();
+  shape.group_size = q.heads / shape.num_kv_heads;
   shape.head_dim_k = q.dim;
-  shape.head_dim_v = v.dim;
-  shape.head_dim_v_padded = (v.dim + kPacketSize - 1) / kPacketSize * kPacketSize;
+  shape.head_dim_v = kv.head_dim_v();
+  shape.head_dim_v_padded = (shape.head_dim_v + kPacketSize - 1) / kPacketSize * kPacketSize;
   shape.positions_per_item =
       std::min<Index>(std::max<Index>(1, kTargetRows / shape.group_size), std::max<Index>(1, q.seq));
   shape.rows_per_item = shape.positions_per_item * shape.group_size;
   shape.tiles_per_sequence = (q.seq + shape.positions_per_item - 1) / shape.positions_per_item;
+  const Index groups =
+      std::max<Index>(1, shape.batch * shape.num_kv_heads * shape.tiles_per_sequence);
+  if (options.kv_splits > 0) {
+    shape.num_splits = options.kv_splits;
+  } else if (groups >= kSplitBelowItems) {
+    shape.num_splits = 1;
+  } else {
+    shape.num_splits = std::clamp<Index>(shape.kv_len / kMinKeysPerSplit, 1,
+                                         (kSplitBelowItems + groups - 1) / groups);
+  }
+  const Index per_split = (shape.kv_len + shape.num_splits - 1) / shape.num_splits;
+  shape.keys_per_split = std::max<Index>(1, (per_split + kKeyTile - 1) / kKeyTile) * kKeyTile;
   return shape;
 }
 
-}  // namespace detail
+/// Detects a KV source (see kv_source.hpp) so the generic attend overload only takes those.
+template <class T, class = void>
+struct IsKvSource : std::false_type {};
+template <class T>
+struct IsKvSource<T, std::void_t<typename T::Element,
+                                 decltype(std::declval<const T&>().k_row(0, 0, 0))>>
+    : std::true_type {};
 
-/// Computes out = softmax(scale * q.k^T [masked]) . v for every sequence and query head, with the
-/// keys and values of kv head h / (num_heads / num_kv_heads): MHA, GQA and MQA in one kernel.
-/// Never forms the q_len x kv_len score matrix: keys are consumed in tiles with an online softmax
-/// (FlashAttention, Dao et al. 2022, Algorithm 1), accumulating in f32.
-///
-///   q:   [batch, q_len,  num_heads,    head_dim_k]
-///   k:   [batch, kv_len, num_kv_heads, head_dim_k]   num_heads % num_kv_heads == 0
-///   v:   [batch, kv_len, num_kv_heads, head_dim_v]
-///   out: [batch, q_len,  num_heads,    head_dim_v]   must not overlap the inputs
-///
-/// Any strides work (see TensorView). q_len == 0 does nothing; a row that sees no key gets zeros
-/// and LSE = -inf. Results are bit-identical for every thread count.
-inline void attend(TensorView<const float> q, TensorView<const float> k, TensorView<const float> v,
-                   TensorView<float> out, const AttentionOptions& options = {}) {
-  const detail::TileShape shape = detail::validate_attend(q, k, v, out, options);
-  if (shape.batch == 0 || shape.q_len == 0) return;
+/// Runs the kernel with the head dims fixed at compile time where a fast path exists.
+template <class Source>
+void dispatch_head_dims(const TensorView<const float>& q, const Source& kv,
+                        const TensorView<float>& out, const AttentionOptions& options,
+                        const TileShape& shape) {
   const float scale = options.scale.value_or(
       static_cast<float>(1.0 / std::sqrt(static_cast<double>(shape.head_dim_k))));
   const auto run = [&](auto dk_tag, auto dv_tag) {
-    detail::attend_tiled<decltype(dk_tag)::value, decltype(dv_tag)::value>(q, k, v, out, options,
-                                                                           scale, shape);
+    attend_tiled<decltype(dk_tag)::value, decltype(dv_tag)::value>(q, kv, out, options, scale,
+                                                                   shape);
   };
   using std::integral_constant;
   const Index dk = shape.head_dim_k, dv = shape.head_dim_v;
@@ -342,9 +473,47 @@ inline void attend(TensorView<const float> q, TensorView<const float> k, TensorV
   } else if (dk == 576 && dv == 512) {  // MLA absorbed: kv_lora_rank + qk_rope, kv_lora_rank
     run(integral_constant<int, 576>{}, integral_constant<int, 512>{});
   } else {
-    run(integral_constant<int, detail::kDynamicDim>{},
-        integral_constant<int, detail::kDynamicDim>{});
+    run(integral_constant<int, kDynamicDim>{}, integral_constant<int, kDynamicDim>{});
   }
+}
+
+}  // namespace detail
+
+/// Computes out = softmax(scale * q.k^T [masked]) . v for every sequence and query head, with the
+/// keys and values of kv head h / (num_heads / num_kv_heads) read from a KV source (a cache view
+/// or DenseKv): MHA, GQA and MQA in one kernel. Never forms the q_len x kv_len score matrix: keys
+/// are consumed in tiles with an online softmax (FlashAttention, Dao et al. 2022, Algorithm 1),
+/// converted to f32 once per tile and shared by the whole group, accumulating in f32. With few
+/// work items (decode), the keys are also split into ranges run in parallel and merged by their
+/// LSE (flash-decoding).
+///
+///   q:   [batch, q_len, num_heads, head_dim_k]   queries at the last q_len positions of each
+///                                                sequence's kv_len keys
+///   kv:  batch sequences of kv_len(b) keys, num_kv_heads heads; num_heads % num_kv_heads == 0
+///   out: [batch, q_len, num_heads, head_dim_v]   must not overlap the inputs
+///
+/// q_len == 0 does nothing; a row that sees no key gets zeros and LSE = -inf. Results are
+/// bit-identical for every thread count.
+/// \tparam Source a KV source: DenseKv, or a view of a KvCache or PagedKvCache.
+template <class Source, std::enable_if_t<detail::IsKvSource<Source>::value, int> = 0>
+void attend(TensorView<const float> q, const Source& kv, TensorView<float> out,
+            const AttentionOptions& options = {}) {
+  const detail::TileShape shape = detail::validate_attend(q, kv, out, options, false);
+  if (shape.batch == 0 || shape.q_len == 0) return;
+  detail::dispatch_head_dims(q, kv, out, options, shape);
+}
+
+/// Computes attention over dense f32 keys and values in the caller's buffers (see the overload
+/// above); options.kv_lens gives each sequence's valid key count.
+///
+///   k:   [batch, kv_len, num_kv_heads, head_dim_k]   any strides (see TensorView)
+///   v:   [batch, kv_len, num_kv_heads, head_dim_v]
+inline void attend(TensorView<const float> q, TensorView<const float> k, TensorView<const float> v,
+                   TensorView<float> out, const AttentionOptions& options = {}) {
+  const DenseKv<float> kv{k, v, options.kv_lens};
+  const detail::TileShape shape = detail::validate_attend(q, kv, out, options, true);
+  if (shape.batch == 0 || shape.q_len == 0) return;
+  detail::dispatch_head_dims(q, kv, out, options, shape);
 }
 
 }  // namespace headroom

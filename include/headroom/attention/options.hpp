@@ -36,14 +36,19 @@ struct AttentionOptions {
   std::optional<float> scale;
   /// Logit soft-capping, cap * tanh(logit / cap) (Gemma 2's attn_logit_softcapping); 0 disables it.
   float softcap = 0.0f;
-  /// Valid key count per sequence for variable-length batches, [batch]; empty means every sequence
-  /// has k.seq keys. Keys at or beyond a sequence's length are never read.
+  /// Valid key count per sequence for variable-length batches over dense k and v, [batch]; empty
+  /// means every sequence has k.seq keys. Keys at or beyond a sequence's length are never read.
+  /// (A cache knows its sequences' lengths; this must stay empty with one.)
   std::vector<Index> kv_lens;
   /// Optional output of each row's log-sum-exp of scaled logits, [batch, num_heads, q_len], so that
   /// partial results over disjoint keys can be merged (see merge_attention). -inf for empty rows.
   LseView lse;
   /// Threads to use; 0 means default_num_threads(). Results do not depend on it.
   int num_threads = 0;
+  /// Key ranges each (sequence, kv head, query block) is split into and merged by LSE
+  /// (flash-decoding); 0 chooses from the shapes alone: only when there are too few work items
+  /// to keep the threads busy, as in decode.
+  Index kv_splits = 0;
 };
 
 }  // namespace headroom

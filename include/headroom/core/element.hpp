@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: MIT
+// Storage element types for keys and values (f32, bf16, f16, int8 with a scale) and their
+// conversions to and from f32: vector instructions where the compiler enables them, portable code
+// otherwise.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "headroom/core/tensor_view.hpp"
+
+#if defined(__AVX512F__) || defined(__F16C__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace headroom {
+
+/// True for the element types a KV cache and the kernel can store keys and values in: float,
+/// Eigen::bfloat16, Eigen::half, and std::int8_t (symmetric, one f32 scale per token and kv head).
+template <class T>
+inline constexpr bool kIsKvElement =
+    std::is_same_v<T, float> || std::is_same_v<T, Eigen::bfloat16> ||
+    std::is_same_v<T, Eigen::half> || std::is_same_v<T, std::int8_t>;
+
+/// True when T carries a per-row scale (int8).
+template <class T>
+inline constexpr bool kHasScale = std::is_same_v<T, std::int8_t>;
+
+/// Returns a short name of an element type for messages and benchmark names.
+template <class T>
+constexpr const char* element_name() {
+  static_assert(kIsKvElement<T>, "element_name: not a KV element type.");
+  if constexpr (std::is_same_v<T, float>) return "f32";
+  if constexpr (std::is_same_v<T, Eigen::bfloat16>) return "bf16";
+  if constexpr (std::is_same_v<T, Eigen::half>) return "f16";
+  if constexpr (std::is_same_v<T, std::int8_t>) return "int8";
+}
+
+namespace detail {
+
+/// Writes dst[i] = scale * float(src[i]) for i < count (scale is 1 for non-int8 types).
+template <class T>
+inline void to_float(const T* src, Index count, float scale, float* dst) {
+  static_assert(kIsKvElement<T>, "to_float: not a KV element type.");
+  Index i = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    static_cast<void>(scale);
+    std::memcpy(dst, src, static_cast<size_t>(count) * sizeof(float));
+    return;
+  } else if constexpr (std::is_same_v<T, Eigen::bfloat16>) {
+    static_cast<void>(scale);
+    // bf16 is the top half of an f32: widen and shift.
+#if defined(__AVX512F__)
+    for (; i + 16 <= count; i += 16) {
+      const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+      _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                    _mm512_cvtepu16_epi32(bits), 16)));
+    }
+#elif defined(__AVX2__)
+    for (; i + 8 <= count; i += 8) {
+      const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+      _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(
+                                    _mm256_cvtepu16_epi32(bits), 16)));
+    }
+#endif
+    for (; i < count; ++i) dst[i] = static_cast<float>(src[i]);
+  } else if constexpr (std::is_same_v<T, Eigen::half>) {
+    static_cast<void>(scale);
+#if defined(__AVX512F__)
+    for (; i + 16 <= count; i += 16) {
+      _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(
+                                    reinterpret_cast<const __m256i*>(src + i))));
+    }
+#elif defined(__F16C__)
+    for (; i + 8 <= count; i += 8) {
+      _mm256_storeu_ps(dst + i,
+                       _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+    }
+#endif
+    for (; i < count; ++i) dst[i] = static_cast<float>(src[i]);
+  } else {
+#if defined(__AVX512F__)
+    const __m512 scales = _mm512_set1_ps(scale);
+    for (; i + 16 <= count; i += 16) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+      _mm512_storeu_ps(dst + i,
+                       _mm512_mul_ps(scales, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))));
+    }
+#endif
+    for (; i < count; ++i) dst[i] = scale * static_cast<float>(src[i]);
+  }
+}
+
+/// Returns the symmetric int8 scale of a row: max |x| / 127, so the largest element maps to +-127.
+inline float int8_scale(const float* src, Index count) {
+  float max_abs = 0.0f;
+  for (Index i = 0; i < count; ++i) max_abs = std::max(max_abs, std::abs(src[i]));
+  return max_abs / 127.0f;
+}
+
+/// Writes src converted to T into dst (round to nearest even for bf16 and f16; for int8,
+/// round(x / scale) with the scale from int8_scale, which the caller stores next to the row).
+template <class T>
+inline void from_float(const float* src, Index count, float scale, T* dst) {
+  static_assert(kIsKvElement<T>, "from_float: not a KV element type.");
+  if constexpr (std::is_same_v<T, std::int8_t>) {
+    const float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
+    for (Index i = 0; i < count; ++i) {
+      const float q = std::nearbyint(src[i] * inverse);
+      dst[i] = static_cast<std::int8_t>(std::clamp(q, -127.0f, 127.0f));
+    }
+  } else {
+    static_cast<void>(scale);
+    for (Index i = 0; i < count; ++i) dst[i] = static_cast<T>(src[i]);
+  }
+}
+
+}  // namespace detail
+}  // namespace headroom
