@@ -10,7 +10,11 @@
 
 #include "headroom/position/rope.hpp"
 
+#include "headroom/cache/kv_cache.hpp"
+#include "headroom/cache/paged_kv_cache.hpp"
+
 #include "headroom/attention/attend.hpp"
 #include "headroom/attention/cost.hpp"
+#include "headroom/attention/kv_source.hpp"
 #include "headroom/attention/merge.hpp"
 #include "headroom/attention/options.hpp"

@@ -1,0 +1,155 @@
+// SPDX-License-Identifier: MIT
+// Storage of K and V rows in one element type, shared by the contiguous and the paged cache: a
+// token's keys and values for every kv head, quantised on write, read back by the kernel.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "headroom/core/element.hpp"
+#include "headroom/core/error.hpp"
+#include "headroom/core/tensor_view.hpp"
+
+namespace headroom::detail {
+
+/// Rows of keys and values: row r holds one token's K [num_kv_heads, head_dim_k] and V
+/// [num_kv_heads, head_dim_v] in element type T, plus for int8 one f32 scale per (row, head) each.
+/// \tparam T float, Eigen::bfloat16, Eigen::half or std::int8_t.
+template <class T>
+class KvRows {
+  static_assert(kIsKvElement<T>,
+                "KV caches store float, Eigen::bfloat16, Eigen::half or std::int8_t elements.");
+
+ public:
+  KvRows() = default;
+  KvRows(Index num_rows, Index num_kv_heads, Index head_dim_k, Index head_dim_v)
+      : num_kv_heads_(num_kv_heads), head_dim_k_(head_dim_k), head_dim_v_(head_dim_v),
+        k_(static_cast<size_t>(num_rows * num_kv_heads * head_dim_k)),
+        v_(static_cast<size_t>(num_rows * num_kv_heads * head_dim_v)),
+        k_scale_(kHasScale<T> ? static_cast<size_t>(num_rows * num_kv_heads) : 0),
+        v_scale_(kHasScale<T> ? static_cast<size_t>(num_rows * num_kv_heads) : 0) {}
+
+  const T* k_row(Index row, Index h) const {
+    return k_.data() + (row * num_kv_heads_ + h) * head_dim_k_;
+  }
+  const T* v_row(Index row, Index h) const {
+    return v_.data() + (row * num_kv_heads_ + h) * head_dim_v_;
+  }
+  float k_scale(Index row, Index h) const {
+    if constexpr (kHasScale<T>) return k_scale_[row * num_kv_heads_ + h];
+    return 1.0f;
+  }
+  float v_scale(Index row, Index h) const {
+    if constexpr (kHasScale<T>) return v_scale_[row * num_kv_heads_ + h];
+    return 1.0f;
+  }
+
+  /// Stores token s of sequence b of k [.., num_kv_heads, head_dim_k] and v in row `row`,
+  /// converting (and for int8 quantising with a fresh scale per head).
+  void write(Index row, const TensorView<const float>& k, const TensorView<const float>& v,
+             Index b, Index s, std::vector<float>& staging) {
+    for (Index h = 0; h < num_kv_heads_; ++h) {
+      write_one(k, b, s, h, head_dim_k_, k_.data() + (row * num_kv_heads_ + h) * head_dim_k_,
+                kHasScale<T> ? &k_scale_[row * num_kv_heads_ + h] : nullptr, staging);
+      write_one(v, b, s, h, head_dim_v_, v_.data() + (row * num_kv_heads_ + h) * head_dim_v_,
+                kHasScale<T> ? &v_scale_[row * num_kv_heads_ + h] : nullptr, staging);
+    }
+  }
+
+  /// Copies row `from` to row `to` (copy-on-write of shared paged blocks).
+  void copy_row(Index from, Index to) {
+    std::copy_n(k_row(from, 0), num_kv_heads_ * head_dim_k_, k_.data() + to * num_kv_heads_ * head_dim_k_);
+    std::copy_n(v_row(from, 0), num_kv_heads_ * head_dim_v_, v_.data() + to * num_kv_heads_ * head_dim_v_);
+    if constexpr (kHasScale<T>) {
+      std::copy_n(&k_scale_[from * num_kv_heads_], num_kv_heads_, &k_scale_[to * num_kv_heads_]);
+      std::copy_n(&v_scale_[from * num_kv_heads_], num_kv_heads_, &v_scale_[to * num_kv_heads_]);
+    }
+  }
+
+  /// Returns the bytes one row (one token, every kv head, K and V, scales included) occupies.
+  Index bytes_per_row() const {
+    return num_kv_heads_ * ((head_dim_k_ + head_dim_v_) * static_cast<Index>(sizeof(T)) +
+                            (kHasScale<T> ? 2 * static_cast<Index>(sizeof(float)) : 0));
+  }
+
+  Index num_kv_heads() const { return num_kv_heads_; }
+  Index head_dim_k() const { return head_dim_k_; }
+  Index head_dim_v() const { return head_dim_v_; }
+
+ private:
+  static void write_one(const TensorView<const float>& x, Index b, Index s, Index h, Index dim,
+                        T* dst, float* scale, std::vector<float>& staging) {
+    const float* src = x.row(b, s, h);
+    if (x.dim_stride != 1) {
+      staging.resize(static_cast<size_t>(dim));
+      for (Index d = 0; d < dim; ++d) staging[d] = src[d * x.dim_stride];
+      src = staging.data();
+    }
+    float row_scale = 1.0f;
+    if constexpr (kHasScale<T>) {
+      row_scale = int8_scale(src, dim);
+      *scale = row_scale;
+    }
+    from_float(src, dim, row_scale, dst);
+  }
+
+  Index num_kv_heads_ = 0, head_dim_k_ = 0, head_dim_v_ = 0;
+  std::vector<T> k_;             // [num_rows, num_kv_heads, head_dim_k]
+  std::vector<T> v_;             // [num_rows, num_kv_heads, head_dim_v]
+  std::vector<float> k_scale_;   // [num_rows, num_kv_heads], int8 only
+  std::vector<float> v_scale_;   // [num_rows, num_kv_heads], int8 only
+};
+
+/// Checks the k and v tensors of an append against a cache's heads and dims, and for int8 that
+/// every value is finite (a quantisation scale of inf or NaN would poison the whole row).
+template <class T>
+void check_append_tensors(const char* where, const TensorView<const float>& k,
+                          const TensorView<const float>& v, Index batch, Index num_kv_heads,
+                          Index head_dim_k, Index head_dim_v) {
+  check_view(k, where, "k", false);
+  check_view(v, where, "v", false);
+  HEADROOM_CHECK(k.batch == batch, where, "k.batch (", k.batch, ") differs from the ", batch,
+                 " sequence ids");
+  HEADROOM_CHECK(v.batch == batch, where, "v.batch (", v.batch, ") differs from the ", batch,
+                 " sequence ids");
+  HEADROOM_CHECK(v.seq == k.seq, where, "v.seq (", v.seq, ") differs from k.seq (", k.seq, ")");
+  HEADROOM_CHECK(k.heads == num_kv_heads, where, "k.heads (", k.heads,
+                 ") differs from the cache's num_kv_heads (", num_kv_heads, ")");
+  HEADROOM_CHECK(v.heads == num_kv_heads, where, "v.heads (", v.heads,
+                 ") differs from the cache's num_kv_heads (", num_kv_heads, ")");
+  HEADROOM_CHECK(k.dim == head_dim_k, where, "k.dim (", k.dim,
+                 ") differs from the cache's head_dim_k (", head_dim_k, ")");
+  HEADROOM_CHECK(v.dim == head_dim_v, where, "v.dim (", v.dim,
+                 ") differs from the cache's head_dim_v (", head_dim_v, ")");
+  if constexpr (kHasScale<T>) {
+    for (const TensorView<const float>* x : {&k, &v}) {
+      for (Index b = 0; b < x->batch; ++b) {
+        for (Index s = 0; s < x->seq; ++s) {
+          for (Index h = 0; h < x->heads; ++h) {
+            for (Index d = 0; d < x->dim; ++d) {
+              HEADROOM_CHECK(std::isfinite((*x)(b, s, h, d)), where, x == &k ? "k" : "v", "[", b,
+                             ", ", s, ", ", h, ", ", d, "] (", (*x)(b, s, h, d),
+                             ") is not finite; an int8 cache cannot quantise it");
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+/// Checks that sequence ids are distinct and each satisfies `exists`.
+template <class Exists>
+void check_sequence_ids(const char* where, const std::vector<Index>& ids, Exists&& exists) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    HEADROOM_CHECK(exists(ids[i]), where, "sequence id ", ids[i], " (at ", i,
+                   ") does not exist in this cache");
+    for (size_t j = 0; j < i; ++j) {
+      HEADROOM_CHECK(ids[j] != ids[i], where, "sequence id ", ids[i], " appears twice (at ", j,
+                     " and ", i, ")");
+    }
+  }
+}
+
+}  // namespace headroom::detail
