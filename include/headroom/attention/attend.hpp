@@ -173,15 +173,46 @@ void pack_kv_tile(const Source& source, Index b, Index kv_head, Index k0, Index 
     std::fill(scratch.v.begin() + count * dv_pad, scratch.v.end(), 0.0f);
   }
   const Index k_stride = source.k_dim_stride(), v_stride = source.v_dim_stride();
-  for (Index c = 0; c < count; ++c) {
-    const Index j = k0 + c;
-    row_to_float(source.k_row(b, j, kv_head), dk, k_stride, source.k_scale(b, j, kv_head),
-                 scratch.k_rows.data() + c * dk);
-    float* v_row = scratch.v.data() + c * dv_pad;
-    row_to_float(source.v_row(b, j, kv_head), dv, v_stride, source.v_scale(b, j, kv_head), v_row);
-    std::fill(v_row + dv, v_row + dv_pad, 0.0f);
+  const Index k_row_stride = source.k_row_stride(), v_row_stride = source.v_row_stride();
+  for (Index c = 0; c < count;) {
+    const Index run = std::min(count - c, source.run_length(b, k0 + c));
+    const auto* k_row = source.k_row(b, k0 + c, kv_head);
+    const auto* v_row = source.v_row(b, k0 + c, kv_head);
+    const float* k_scales = source.k_scales(b, k0 + c, kv_head);
+    const float* v_scales = source.v_scales(b, k0 + c, kv_head);
+    for (Index i = 0; i < run; ++i, ++c) {
+      row_to_float(k_row + i * k_row_stride, dk, k_stride, k_scales ? k_scales[i] : 1.0f,
+                   scratch.k_rows.data() + c * dk);
+      float* v_packed = scratch.v.data() + c * dv_pad;
+      row_to_float(v_row + i * v_row_stride, dv, v_stride, v_scales ? v_scales[i] : 1.0f,
+                   v_packed);
+      std::fill(v_packed + dv, v_packed + dv_pad, 0.0f);
+    }
   }
   transpose_k_tile(count, dk, scratch);
+}
+
+/// Asks the memory system for the K and V rows [k0, k0 + count) ahead of their use: a decode step
+/// does little arithmetic per byte, so without it each tile would wait for DRAM latency while the
+/// core sits idle. Called one tile ahead of pack_kv_tile.
+template <class Source>
+void prefetch_kv_tile(const Source& source, Index b, Index kv_head, Index k0, Index count,
+                      const TileShape& shape) {
+  constexpr Index kLine = 64;
+  using Element = typename Source::Element;
+  const Index k_bytes = shape.head_dim_k * static_cast<Index>(sizeof(Element)) * source.k_dim_stride();
+  const Index v_bytes = shape.head_dim_v * static_cast<Index>(sizeof(Element)) * source.v_dim_stride();
+  for (Index c = 0; c < count;) {
+    const Index run = std::min(count - c, source.run_length(b, k0 + c));
+    const auto* k_row = source.k_row(b, k0 + c, kv_head);
+    const auto* v_row = source.v_row(b, k0 + c, kv_head);
+    for (Index i = 0; i < run; ++i, ++c) {
+      const char* k_bytes_at = reinterpret_cast<const char*>(k_row + i * source.k_row_stride());
+      const char* v_bytes_at = reinterpret_cast<const char*>(v_row + i * source.v_row_stride());
+      for (Index at = 0; at < k_bytes; at += kLine) Eigen::internal::prefetch(k_bytes_at + at);
+      for (Index at = 0; at < v_bytes; at += kLine) Eigen::internal::prefetch(v_bytes_at + at);
+    }
+  }
 }
 
 /// Where a work item leaves its rows: the output and LSE views, or, when the keys are split, the
@@ -226,6 +257,9 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
   const Index item_end = std::min(key_end, keys.end(position(rows - 1)));
   for (Index k0 = item_first; k0 < item_end; k0 += kKeyTile) {
     const Index k1 = std::min(k0 + kKeyTile, item_end);
+    if (k1 < item_end) {
+      prefetch_kv_tile(source, b, kv_head, k1, std::min(kKeyTile, item_end - k1), shape);
+    }
     pack_kv_tile(source, b, kv_head, k0, k1 - k0, shape, scratch);
 
     for (Index r0 = 0; r0 < rows; r0 += kTileRows) {

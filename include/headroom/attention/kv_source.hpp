@@ -21,11 +21,15 @@ namespace headroom {
 //   Index first_readable(Index b) const;       // keys before it are gone (ring buffers), else 0
 //   const Element* k_row(Index b, Index j, Index h) const;  // key j of kv head h, head_dim_k long
 //   const Element* v_row(Index b, Index j, Index h) const;  // its value, head_dim_v long
-//   float k_scale(Index b, Index j, Index h) const;          // int8 only; 1 otherwise
-//   float v_scale(Index b, Index j, Index h) const;
+//   const float* k_scales(Index b, Index j, Index h) const; // int8 scale of key j, else null
+//   const float* v_scales(Index b, Index j, Index h) const;
+//   Index run_length(Index b, Index j) const;  // keys from j stored at the strides below (>= 1)
+//   Index k_row_stride() const, v_row_stride() const;       // element step from key to key
 //   Index k_dim_stride() const, v_dim_stride() const;       // element step along the head dim
 //
-// Caches store rows contiguously (dim stride 1); DenseKv takes whatever strides the caller has.
+// Within a run, key j + i sits at k_row(b, j, h) + i * k_row_stride() and its scale at
+// k_scales(b, j, h) + i, so the kernel resolves a block table or a ring buffer once per run, not
+// once per key. Caches store rows contiguously (dim stride 1); DenseKv takes any strides.
 
 /// Keys and values in caller-owned dense tensors, [batch, kv_len, num_kv_heads, dim], any strides,
 /// with optional per-sequence lengths.
@@ -49,8 +53,11 @@ struct DenseKv {
   Index first_readable(Index) const { return 0; }
   const T* k_row(Index b, Index j, Index h) const { return k.row(b, j, h); }
   const T* v_row(Index b, Index j, Index h) const { return v.row(b, j, h); }
-  float k_scale(Index, Index, Index) const { return 1.0f; }
-  float v_scale(Index, Index, Index) const { return 1.0f; }
+  const float* k_scales(Index, Index, Index) const { return nullptr; }
+  const float* v_scales(Index, Index, Index) const { return nullptr; }
+  Index run_length(Index, Index j) const { return k.seq - j; }
+  Index k_row_stride() const { return k.seq_stride; }
+  Index v_row_stride() const { return v.seq_stride; }
   Index k_dim_stride() const { return k.dim_stride; }
   Index v_dim_stride() const { return v.dim_stride; }
 

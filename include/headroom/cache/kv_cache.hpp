@@ -52,8 +52,20 @@ class KvCacheView {
   Index first_readable(Index b) const { return cache_->first_readable(ids_[b]); }
   const T* k_row(Index b, Index j, Index h) const { return cache_->rows_.k_row(row(b, j), h); }
   const T* v_row(Index b, Index j, Index h) const { return cache_->rows_.v_row(row(b, j), h); }
-  float k_scale(Index b, Index j, Index h) const { return cache_->rows_.k_scale(row(b, j), h); }
-  float v_scale(Index b, Index j, Index h) const { return cache_->rows_.v_scale(row(b, j), h); }
+  const float* k_scales(Index b, Index j, Index h) const {
+    return cache_->rows_.k_scales(row(b, j), h);
+  }
+  const float* v_scales(Index b, Index j, Index h) const {
+    return cache_->rows_.v_scales(row(b, j), h);
+  }
+  Index run_length(Index b, Index j) const {
+    // A sequence's rows of one head are consecutive, up to the ring buffer's wrap.
+    const Index capacity = cache_->config().capacity;
+    static_cast<void>(b);
+    return cache_->config().ring_buffer ? capacity - j % capacity : capacity - j;
+  }
+  Index k_row_stride() const { return head_dim_k(); }
+  Index v_row_stride() const { return head_dim_v(); }
   Index k_dim_stride() const { return 1; }
   Index v_dim_stride() const { return 1; }
 
@@ -78,8 +90,8 @@ template <class T>
 class KvCache {
  public:
   explicit KvCache(const KvCacheConfig& config) : config_(validated(config)) {
-    rows_ = detail::KvRows<T>(config_.num_sequences * config_.capacity, config_.num_kv_heads,
-                              config_.head_dim_k, config_.head_dim_v);
+    rows_ = detail::KvRows<T>(config_.num_sequences * config_.capacity, config_.capacity,
+                              config_.num_kv_heads, config_.head_dim_k, config_.head_dim_v);
     length_.assign(static_cast<size_t>(config_.num_sequences), 0);
     first_.assign(static_cast<size_t>(config_.num_sequences), 0);
   }

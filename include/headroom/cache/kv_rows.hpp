@@ -15,6 +15,10 @@ namespace headroom::detail {
 
 /// Rows of keys and values: row r holds one token's K [num_kv_heads, head_dim_k] and V
 /// [num_kv_heads, head_dim_v] in element type T, plus for int8 one f32 scale per (row, head) each.
+/// Rows come in blocks of `block_rows` (a sequence of a contiguous cache, a block of a paged one),
+/// stored head-major inside the block: [block, kv_head, block_rows, dim]. Decoding one kv head then
+/// streams consecutive memory, which the hardware prefetchers follow, instead of hopping
+/// num_kv_heads * dim elements from token to token.
 /// \tparam T float, Eigen::bfloat16, Eigen::half or std::int8_t.
 template <class T>
 class KvRows {
@@ -23,26 +27,26 @@ class KvRows {
 
  public:
   KvRows() = default;
-  KvRows(Index num_rows, Index num_kv_heads, Index head_dim_k, Index head_dim_v)
-      : num_kv_heads_(num_kv_heads), head_dim_k_(head_dim_k), head_dim_v_(head_dim_v),
+  KvRows(Index num_rows, Index block_rows, Index num_kv_heads, Index head_dim_k,
+         Index head_dim_v)
+      : block_rows_(block_rows), num_kv_heads_(num_kv_heads), head_dim_k_(head_dim_k),
+        head_dim_v_(head_dim_v),
         k_(static_cast<size_t>(num_rows * num_kv_heads * head_dim_k)),
         v_(static_cast<size_t>(num_rows * num_kv_heads * head_dim_v)),
         k_scale_(kHasScale<T> ? static_cast<size_t>(num_rows * num_kv_heads) : 0),
         v_scale_(kHasScale<T> ? static_cast<size_t>(num_rows * num_kv_heads) : 0) {}
 
-  const T* k_row(Index row, Index h) const {
-    return k_.data() + (row * num_kv_heads_ + h) * head_dim_k_;
+  const T* k_row(Index row, Index h) const { return k_.data() + slot(row, h) * head_dim_k_; }
+  const T* v_row(Index row, Index h) const { return v_.data() + slot(row, h) * head_dim_v_; }
+  /// Returns the int8 scale of (row, h), or null for types without scales. Within a block, the
+  /// next row's scale follows at +1 and its elements at +head_dim.
+  const float* k_scales(Index row, Index h) const {
+    if constexpr (kHasScale<T>) return k_scale_.data() + slot(row, h);
+    return nullptr;
   }
-  const T* v_row(Index row, Index h) const {
-    return v_.data() + (row * num_kv_heads_ + h) * head_dim_v_;
-  }
-  float k_scale(Index row, Index h) const {
-    if constexpr (kHasScale<T>) return k_scale_[row * num_kv_heads_ + h];
-    return 1.0f;
-  }
-  float v_scale(Index row, Index h) const {
-    if constexpr (kHasScale<T>) return v_scale_[row * num_kv_heads_ + h];
-    return 1.0f;
+  const float* v_scales(Index row, Index h) const {
+    if constexpr (kHasScale<T>) return v_scale_.data() + slot(row, h);
+    return nullptr;
   }
 
   /// Stores token s of sequence b of k [.., num_kv_heads, head_dim_k] and v in row `row`,
@@ -50,20 +54,24 @@ class KvRows {
   void write(Index row, const TensorView<const float>& k, const TensorView<const float>& v,
              Index b, Index s, std::vector<float>& staging) {
     for (Index h = 0; h < num_kv_heads_; ++h) {
-      write_one(k, b, s, h, head_dim_k_, k_.data() + (row * num_kv_heads_ + h) * head_dim_k_,
-                kHasScale<T> ? &k_scale_[row * num_kv_heads_ + h] : nullptr, staging);
-      write_one(v, b, s, h, head_dim_v_, v_.data() + (row * num_kv_heads_ + h) * head_dim_v_,
-                kHasScale<T> ? &v_scale_[row * num_kv_heads_ + h] : nullptr, staging);
+      const Index at = slot(row, h);
+      write_one(k, b, s, h, head_dim_k_, k_.data() + at * head_dim_k_,
+                kHasScale<T> ? &k_scale_[at] : nullptr, staging);
+      write_one(v, b, s, h, head_dim_v_, v_.data() + at * head_dim_v_,
+                kHasScale<T> ? &v_scale_[at] : nullptr, staging);
     }
   }
 
   /// Copies row `from` to row `to` (copy-on-write of shared paged blocks).
   void copy_row(Index from, Index to) {
-    std::copy_n(k_row(from, 0), num_kv_heads_ * head_dim_k_, k_.data() + to * num_kv_heads_ * head_dim_k_);
-    std::copy_n(v_row(from, 0), num_kv_heads_ * head_dim_v_, v_.data() + to * num_kv_heads_ * head_dim_v_);
-    if constexpr (kHasScale<T>) {
-      std::copy_n(&k_scale_[from * num_kv_heads_], num_kv_heads_, &k_scale_[to * num_kv_heads_]);
-      std::copy_n(&v_scale_[from * num_kv_heads_], num_kv_heads_, &v_scale_[to * num_kv_heads_]);
+    for (Index h = 0; h < num_kv_heads_; ++h) {
+      const Index src = slot(from, h), dst = slot(to, h);
+      std::copy_n(k_.data() + src * head_dim_k_, head_dim_k_, k_.data() + dst * head_dim_k_);
+      std::copy_n(v_.data() + src * head_dim_v_, head_dim_v_, v_.data() + dst * head_dim_v_);
+      if constexpr (kHasScale<T>) {
+        k_scale_[dst] = k_scale_[src];
+        v_scale_[dst] = v_scale_[src];
+      }
     }
   }
 
@@ -78,6 +86,12 @@ class KvRows {
   Index head_dim_v() const { return head_dim_v_; }
 
  private:
+  /// Returns the index of (row, head) in [block, kv_head, block_rows] order.
+  Index slot(Index row, Index h) const {
+    const Index block = row / block_rows_, offset = row % block_rows_;
+    return (block * num_kv_heads_ + h) * block_rows_ + offset;
+  }
+
   static void write_one(const TensorView<const float>& x, Index b, Index s, Index h, Index dim,
                         T* dst, float* scale, std::vector<float>& staging) {
     const float* src = x.row(b, s, h);
@@ -94,11 +108,11 @@ class KvRows {
     from_float(src, dim, row_scale, dst);
   }
 
-  Index num_kv_heads_ = 0, head_dim_k_ = 0, head_dim_v_ = 0;
-  std::vector<T> k_;             // [num_rows, num_kv_heads, head_dim_k]
-  std::vector<T> v_;             // [num_rows, num_kv_heads, head_dim_v]
-  std::vector<float> k_scale_;   // [num_rows, num_kv_heads], int8 only
-  std::vector<float> v_scale_;   // [num_rows, num_kv_heads], int8 only
+  Index block_rows_ = 1, num_kv_heads_ = 0, head_dim_k_ = 0, head_dim_v_ = 0;
+  std::vector<T> k_;             // [num_rows / block_rows, num_kv_heads, block_rows, head_dim_k]
+  std::vector<T> v_;             // [num_rows / block_rows, num_kv_heads, block_rows, head_dim_v]
+  std::vector<float> k_scale_;   // [num_rows / block_rows, num_kv_heads, block_rows], int8 only
+  std::vector<float> v_scale_;   // same, int8 only
 };
 
 /// Checks the k and v tensors of an append against a cache's heads and dims, and for int8 that

@@ -51,8 +51,19 @@ class PagedKvView {
   Index first_readable(Index) const { return 0; }
   const T* k_row(Index b, Index j, Index h) const { return cache_->rows_.k_row(row(b, j), h); }
   const T* v_row(Index b, Index j, Index h) const { return cache_->rows_.v_row(row(b, j), h); }
-  float k_scale(Index b, Index j, Index h) const { return cache_->rows_.k_scale(row(b, j), h); }
-  float v_scale(Index b, Index j, Index h) const { return cache_->rows_.v_scale(row(b, j), h); }
+  const float* k_scales(Index b, Index j, Index h) const {
+    return cache_->rows_.k_scales(row(b, j), h);
+  }
+  const float* v_scales(Index b, Index j, Index h) const {
+    return cache_->rows_.v_scales(row(b, j), h);
+  }
+  Index run_length(Index b, Index j) const {
+    // A block's rows of one head are consecutive.
+    static_cast<void>(b);
+    return cache_->config().block_size - j % cache_->config().block_size;
+  }
+  Index k_row_stride() const { return head_dim_k(); }
+  Index v_row_stride() const { return head_dim_v(); }
   Index k_dim_stride() const { return 1; }
   Index v_dim_stride() const { return 1; }
 
@@ -95,8 +106,8 @@ template <class T>
 class PagedKvCache {
  public:
   explicit PagedKvCache(const PagedKvCacheConfig& config) : config_(validated(config)) {
-    rows_ = detail::KvRows<T>(config_.num_blocks * config_.block_size, config_.num_kv_heads,
-                              config_.head_dim_k, config_.head_dim_v);
+    rows_ = detail::KvRows<T>(config_.num_blocks * config_.block_size, config_.block_size,
+                              config_.num_kv_heads, config_.head_dim_k, config_.head_dim_v);
     references_.assign(static_cast<size_t>(config_.num_blocks), 0);
     for (Index block = config_.num_blocks - 1; block >= 0; --block) free_.push_back(block);
   }

@@ -48,9 +48,14 @@ inline void to_float(const T* src, Index count, float scale, float* dst) {
   static_assert(kIsKvElement<T>, "to_float: not a KV element type.");
   Index i = 0;
   if constexpr (std::is_same_v<T, float>) {
+    // Inline packet copies: rows are a few hundred bytes, too short to pay for a memcpy call.
     static_cast<void>(scale);
-    std::memcpy(dst, src, static_cast<size_t>(count) * sizeof(float));
-    return;
+    using Packet = Eigen::internal::packet_traits<float>::type;
+    constexpr Index kSize = Eigen::internal::packet_traits<float>::size;
+    for (; i + kSize <= count; i += kSize) {
+      Eigen::internal::pstoreu(dst + i, Eigen::internal::ploadu<Packet>(src + i));
+    }
+    for (; i < count; ++i) dst[i] = src[i];
   } else if constexpr (std::is_same_v<T, Eigen::bfloat16>) {
     static_cast<void>(scale);
     // bf16 is the top half of an f32: widen and shift.
