@@ -41,26 +41,28 @@ inline double fma_probe(int num_threads, long iterations) {
   return 2.0 * kChains * kPacketSize * static_cast<double>(iterations) * num_threads;
 }
 
-/// Streams `floats` floats per thread through packet loads and returns the bytes read.
+/// Reads the buffer once with packet loads, each thread its own slice walked as `streams`
+/// interleaved sub-ranges (more streams keep more DRAM requests in flight), and returns the bytes
+/// read.
 inline double read_probe(const std::vector<float, Eigen::aligned_allocator<float>>& buffer,
-                         int num_threads) {
+                         int num_threads, int streams) {
   using namespace Eigen::internal;
-  const Index per_thread = static_cast<Index>(buffer.size()) / num_threads / (4 * kPacketSize) *
-                           (4 * kPacketSize);
+  constexpr int kMaxStreams = 4;
+  const Index per_stream = static_cast<Index>(buffer.size()) / num_threads / streams /
+                           kPacketSize * kPacketSize;
   std::vector<float> sink(static_cast<size_t>(num_threads));
   detail::parallel_for(num_threads, num_threads, [&](int, Index thread) {
-    const float* data = buffer.data() + thread * per_thread;
-    Packet s0 = pset1<Packet>(0.0f), s1 = s0, s2 = s0, s3 = s0;
-    for (Index i = 0; i < per_thread; i += 4 * kPacketSize) {
-      s0 = padd(s0, pload<Packet>(data + i));
-      s1 = padd(s1, pload<Packet>(data + i + kPacketSize));
-      s2 = padd(s2, pload<Packet>(data + i + 2 * kPacketSize));
-      s3 = padd(s3, pload<Packet>(data + i + 3 * kPacketSize));
+    const float* base = buffer.data() + thread * per_stream * streams;
+    Packet acc[kMaxStreams];
+    for (Packet& a : acc) a = pset1<Packet>(0.0f);
+    for (Index i = 0; i < per_stream; i += kPacketSize) {
+      for (int s = 0; s < streams; ++s) acc[s] = padd(acc[s], pload<Packet>(base + s * per_stream + i));
     }
-    sink[thread] = predux(padd(padd(s0, s1), padd(s2, s3)));
+    for (int s = 1; s < kMaxStreams; ++s) acc[0] = padd(acc[0], acc[s]);
+    sink[thread] = predux(acc[0]);
   });
   benchmark::DoNotOptimize(sink.data());
-  return 4.0 * static_cast<double>(per_thread) * num_threads;
+  return 4.0 * static_cast<double>(per_stream) * streams * num_threads;
 }
 
 /// The read probe's buffer: 1 GiB, far beyond the last-level cache (32 MiB on Zen 4 here).
@@ -111,15 +113,18 @@ inline double peak_flops(int num_threads) {
   return known[num_threads];
 }
 
-/// Returns the DRAM read bandwidth of `num_threads` threads in bytes/s.
+/// Returns the DRAM read bandwidth of `num_threads` threads in bytes/s: the best of 1, 2 and 4
+/// streams per thread.
 inline double read_bandwidth(int num_threads) {
   auto& known = Limits::instance().read_bytes;
   if (known.count(num_threads) == 0) {
     const auto& buffer = read_probe_buffer();
-    for (int trial = 0; trial < 5; ++trial) {
-      double bytes = 0.0;
-      const double time = seconds([&] { bytes = read_probe(buffer, num_threads); });
-      record_read_bandwidth(num_threads, bytes / time);
+    for (int trial = 0; trial < 3; ++trial) {
+      for (int streams : {1, 2, 4}) {
+        double bytes = 0.0;
+        const double time = seconds([&] { bytes = read_probe(buffer, num_threads, streams); });
+        record_read_bandwidth(num_threads, bytes / time);
+      }
     }
   }
   return known[num_threads];

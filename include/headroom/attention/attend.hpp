@@ -21,6 +21,7 @@
 #include "headroom/core/parallel.hpp"
 #include "headroom/core/tensor_view.hpp"
 #include "headroom/detail/micro_kernel.hpp"
+#include "headroom/detail/stream_kernel.hpp"
 
 namespace headroom {
 namespace detail {
@@ -68,6 +69,9 @@ struct TileShape {
   Index tiles_per_sequence;  // work items along q_len
   Index num_splits;          // key ranges per work item, merged by LSE (1: no split)
   Index keys_per_split;      // a multiple of kKeyTile
+  /// Few rows per item (decode): K and V are read straight from the source into registers
+  /// (stream_kernel.hpp) instead of being packed into f32 tiles that too few rows would reuse.
+  bool streamed;
 };
 
 /// Per-thread scratch, sized once per call; every pointer is aligned for packet loads.
@@ -161,6 +165,21 @@ inline void transpose_k_tile(Index count, Index dk, TileScratch& scratch) {
   }
 }
 
+/// Calls fn(offset, run, k_row, v_row, k_scales, v_scales) for each run of consecutively stored
+/// keys in [k0, k0 + count) of kv head `kv_head`; offset counts from k0. Key k0 + offset + i of a
+/// run sits at k_row + i * k_row_stride() (scales at k_scales + i, or null).
+template <class Source, class Fn>
+EIGEN_ALWAYS_INLINE void for_each_run(const Source& source, Index b, Index kv_head, Index k0,
+                                      Index count, Fn&& fn) {
+  for (Index offset = 0; offset < count;) {
+    const Index j = k0 + offset;
+    const Index run = std::min(count - offset, source.run_length(b, j));
+    fn(offset, run, source.k_row(b, j, kv_head), source.v_row(b, j, kv_head),
+       source.k_scales(b, j, kv_head), source.v_scales(b, j, kv_head));
+    offset += run;
+  }
+}
+
 /// Converts the K tile [k0, k0 + count) of kv head `kv_head` to f32 and stores it transposed in
 /// k_t, and the V tile in v: once per tile, shared by every query row of the group. Lanes past
 /// `count` are zero so they contribute nothing.
@@ -174,13 +193,11 @@ void pack_kv_tile(const Source& source, Index b, Index kv_head, Index k0, Index 
   }
   const Index k_stride = source.k_dim_stride(), v_stride = source.v_dim_stride();
   const Index k_row_stride = source.k_row_stride(), v_row_stride = source.v_row_stride();
-  for (Index c = 0; c < count;) {
-    const Index run = std::min(count - c, source.run_length(b, k0 + c));
-    const auto* k_row = source.k_row(b, k0 + c, kv_head);
-    const auto* v_row = source.v_row(b, k0 + c, kv_head);
-    const float* k_scales = source.k_scales(b, k0 + c, kv_head);
-    const float* v_scales = source.v_scales(b, k0 + c, kv_head);
-    for (Index i = 0; i < run; ++i, ++c) {
+  for_each_run(source, b, kv_head, k0, count,
+               [&](Index offset, Index run, const auto* k_row, const auto* v_row,
+                   const float* k_scales, const float* v_scales) {
+    for (Index i = 0; i < run; ++i) {
+      const Index c = offset + i;
       row_to_float(k_row + i * k_row_stride, dk, k_stride, k_scales ? k_scales[i] : 1.0f,
                    scratch.k_rows.data() + c * dk);
       float* v_packed = scratch.v.data() + c * dv_pad;
@@ -188,7 +205,7 @@ void pack_kv_tile(const Source& source, Index b, Index kv_head, Index k0, Index 
                    v_packed);
       std::fill(v_packed + dv, v_packed + dv_pad, 0.0f);
     }
-  }
+  });
   transpose_k_tile(count, dk, scratch);
 }
 
@@ -202,17 +219,49 @@ void prefetch_kv_tile(const Source& source, Index b, Index kv_head, Index k0, In
   using Element = typename Source::Element;
   const Index k_bytes = shape.head_dim_k * static_cast<Index>(sizeof(Element)) * source.k_dim_stride();
   const Index v_bytes = shape.head_dim_v * static_cast<Index>(sizeof(Element)) * source.v_dim_stride();
-  for (Index c = 0; c < count;) {
-    const Index run = std::min(count - c, source.run_length(b, k0 + c));
-    const auto* k_row = source.k_row(b, k0 + c, kv_head);
-    const auto* v_row = source.v_row(b, k0 + c, kv_head);
-    for (Index i = 0; i < run; ++i, ++c) {
-      const char* k_bytes_at = reinterpret_cast<const char*>(k_row + i * source.k_row_stride());
-      const char* v_bytes_at = reinterpret_cast<const char*>(v_row + i * source.v_row_stride());
-      for (Index at = 0; at < k_bytes; at += kLine) Eigen::internal::prefetch(k_bytes_at + at);
-      for (Index at = 0; at < v_bytes; at += kLine) Eigen::internal::prefetch(v_bytes_at + at);
+  for_each_run(source, b, kv_head, k0, count,
+               [&](Index, Index run, const auto* k_row, const auto* v_row, const float*,
+                   const float*) {
+    for (Index i = 0; i < run; ++i) {
+      const char* k_at = reinterpret_cast<const char*>(k_row + i * source.k_row_stride());
+      const char* v_at = reinterpret_cast<const char*>(v_row + i * source.v_row_stride());
+      for (Index at = 0; at < k_bytes; at += kLine) Eigen::internal::prefetch(k_at + at);
+      for (Index at = 0; at < v_bytes; at += kLine) Eigen::internal::prefetch(v_at + at);
     }
-  }
+  });
+}
+
+/// Computes the scores of `rows` (at most kTileRows) pre-scaled query rows against the keys
+/// [k0, k0 + count) read straight from the source (the streamed path).
+template <class Source>
+void streamed_scores(Index rows, const float* q, Index dk, const Source& source, Index b,
+                     Index kv_head, Index k0, Index count, float* scores) {
+  for_each_run(source, b, kv_head, k0, count,
+               [&](Index offset, Index run, const auto* k_row, const auto*, const float* k_scales,
+                   const float*) {
+    dispatch_rows(rows, [&](auto rows_tag) {
+      dot_scores<decltype(rows_tag)::value>(q, dk, k_row, source.k_row_stride(), k_scales, run,
+                                            scores + offset, kKeyTile);
+    });
+  });
+}
+
+/// Accumulates O = diag(rescale) O + P V for `rows` rows over the values [k0, k0 + count) read
+/// straight from the source (the streamed path).
+template <class Source>
+void streamed_pv(Index rows, const float* p, const Source& source, Index b, Index kv_head,
+                 Index k0, Index count, Index dv, float* o, Index o_stride,
+                 const float* rescale) {
+  const float* scale = rescale;
+  for_each_run(source, b, kv_head, k0, count,
+               [&](Index offset, Index run, const auto*, const auto* v_row, const float*,
+                   const float* v_scales) {
+    dispatch_rows(rows, [&](auto rows_tag) {
+      direct_pv<decltype(rows_tag)::value>(p + offset, kKeyTile, v_row, source.v_row_stride(),
+                                           v_scales, run, dv, o, o_stride, scale);
+    });
+    scale = kOnes;  // only the first run applies the online-softmax correction
+  });
 }
 
 /// Where a work item leaves its rows: the output and LSE views, or, when the keys are split, the
@@ -257,10 +306,12 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
   const Index item_end = std::min(key_end, keys.end(position(rows - 1)));
   for (Index k0 = item_first; k0 < item_end; k0 += kKeyTile) {
     const Index k1 = std::min(k0 + kKeyTile, item_end);
-    if (k1 < item_end) {
-      prefetch_kv_tile(source, b, kv_head, k1, std::min(kKeyTile, item_end - k1), shape);
+    if (!shape.streamed) {
+      if (k1 < item_end) {
+        prefetch_kv_tile(source, b, kv_head, k1, std::min(kKeyTile, item_end - k1), shape);
+      }
+      pack_kv_tile(source, b, kv_head, k0, k1 - k0, shape, scratch);
     }
-    pack_kv_tile(source, b, kv_head, k0, k1 - k0, shape, scratch);
 
     for (Index r0 = 0; r0 < rows; r0 += kTileRows) {
       const Index block_rows = std::min<Index>(kTileRows, rows - r0);
@@ -270,9 +321,13 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       if (block_first >= block_end) continue;  // the whole block is masked in this tile
 
       float* scores = scratch.scores.data();
-      gemm_rows<Accumulate::kOverwrite>(block_rows, scratch.q.data() + r0 * dk, dk,
-                                        scratch.k_t.data(), kKeyTile, dk, scores, kKeyTile,
-                                        kKeyTile, nullptr);
+      const float* q_rows = scratch.q.data() + r0 * dk;
+      if (shape.streamed) {
+        streamed_scores(block_rows, q_rows, dk, source, b, kv_head, k0, k1 - k0, scores);
+      } else {
+        gemm_rows<Accumulate::kOverwrite>(block_rows, q_rows, dk, scratch.k_t.data(), kKeyTile,
+                                          dk, scores, kKeyTile, kKeyTile, nullptr);
+      }
       if (options.softcap > 0.0f) {
         // Gemma 2: logit = cap * tanh(logit / cap), before the mask so masked keys stay -inf.
         auto s = Eigen::Map<Eigen::ArrayXf>(scores, block_rows * kKeyTile);
@@ -293,9 +348,15 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       online_softmax_update(block_rows, scores, scratch.row_max.data() + r0,
                             scratch.row_sum.data() + r0, scratch.rescale.data());
       // Probabilities past block_end are zero: the P.V depth stops there.
-      gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, scores, kKeyTile, scratch.v.data(),
-                                            dv_pad, block_end - k0, scratch.o.data() + r0 * dv_pad,
-                                            dv_pad, dv_pad, scratch.rescale.data());
+      float* o_rows = scratch.o.data() + r0 * dv_pad;
+      if (shape.streamed) {
+        streamed_pv(block_rows, scores, source, b, kv_head, k0, block_end - k0, dv, o_rows,
+                    dv_pad, scratch.rescale.data());
+      } else {
+        gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, scores, kKeyTile, scratch.v.data(),
+                                              dv_pad, block_end - k0, o_rows, dv_pad, dv_pad,
+                                              scratch.rescale.data());
+      }
     }
   }
 
@@ -472,6 +533,9 @@ TileShape validate_attend(const TensorView<const float>& q, const Source& kv,
     shape.num_splits = std::clamp<Index>(shape.kv_len / kMinKeysPerSplit, 1,
                                          (kSplitBelowItems + groups - 1) / groups);
   }
+  shape.streamed = shape.rows_per_item <= kTileRows && shape.head_dim_k % kPacketSize == 0 &&
+                   shape.head_dim_v % kPacketSize == 0 && kv.k_dim_stride() == 1 &&
+                   kv.v_dim_stride() == 1;
   const Index per_split = (shape.kv_len + shape.num_splits - 1) / shape.num_splits;
   shape.keys_per_split = std::max<Index>(1, (per_split + kKeyTile - 1) / kKeyTile) * kKeyTile;
   return shape;

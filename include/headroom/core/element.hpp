@@ -100,6 +100,51 @@ inline void to_float(const T* src, Index count, float scale, float* dst) {
   }
 }
 
+/// Loads kPacketSize consecutive elements of type T as one f32 packet, converting in registers:
+/// the widening instructions of AVX-512 (bf16 by a shift, f16 by vcvtph2ps, int8 by vpmovsxbd) or
+/// AVX2/F16C where available, a scalar conversion otherwise. The int8 scale is applied by callers.
+template <class T>
+EIGEN_ALWAYS_INLINE Eigen::internal::packet_traits<float>::type load_packet(const T* src) {
+  using Packet = Eigen::internal::packet_traits<float>::type;
+  constexpr int kSize = Eigen::internal::packet_traits<float>::size;
+  if constexpr (std::is_same_v<T, float>) {
+    return Eigen::internal::ploadu<Packet>(src);
+  }
+#if defined(__AVX512F__)
+  if constexpr (kSize == 16 && std::is_same_v<T, Eigen::bfloat16>) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  }
+  if constexpr (kSize == 16 && std::is_same_v<T, Eigen::half>) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+  }
+  if constexpr (kSize == 16 && std::is_same_v<T, std::int8_t>) {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
+  }
+#elif defined(__AVX2__)
+  // Without AVX-512, Eigen's float packet is the 8-lane AVX one.
+  if constexpr (kSize == 8 && std::is_same_v<T, Eigen::bfloat16>) {
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+  }
+  if constexpr (kSize == 8 && std::is_same_v<T, std::int8_t>) {
+    return _mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src))));
+  }
+#if defined(__F16C__)
+  if constexpr (kSize == 8 && std::is_same_v<T, Eigen::half>) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+  }
+#endif
+#endif
+  if constexpr (!std::is_same_v<T, float>) {
+    alignas(64) float converted[kSize];
+    for (int i = 0; i < kSize; ++i) converted[i] = static_cast<float>(src[i]);
+    return Eigen::internal::pload<Packet>(converted);
+  }
+}
+
 /// Returns the symmetric int8 scale of a row: max |x| / 127, so the largest element maps to +-127.
 inline float int8_scale(const float* src, Index count) {
   float max_abs = 0.0f;

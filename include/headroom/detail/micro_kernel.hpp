@@ -4,6 +4,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <type_traits>
 
 #include "headroom/core/tensor_view.hpp"
 
@@ -92,30 +93,36 @@ EIGEN_ALWAYS_INLINE void row_panel(const float* a, Index a_stride, const float* 
   }
 }
 
-/// Computes `rows` (at most kTileRows) rows of C; dispatches the row count to a compile-time one.
+/// Calls fn(std::integral_constant<int, rows>{}) for a row count in [1, kTileRows], so kernels
+/// see their row count at compile time and keep their accumulators in registers.
+template <class Fn>
+EIGEN_ALWAYS_INLINE void dispatch_rows(Index rows, Fn&& fn) {
+  static_assert(kTileRows <= 6, "dispatch_rows handles at most 6 rows; extend the switch.");
+  HEADROOM_DASSERT(rows >= 1 && rows <= kTileRows);
+  using std::integral_constant;
+  switch (rows) {
+    case 1: fn(integral_constant<int, 1>{}); break;
+    case 2: fn(integral_constant<int, 2>{}); break;
+    case 3: fn(integral_constant<int, 3>{}); break;
+    case 4: fn(integral_constant<int, 4>{}); break;
+    case 5: if constexpr (kTileRows >= 5) fn(integral_constant<int, 5>{}); break;
+    case 6: if constexpr (kTileRows >= 6) fn(integral_constant<int, 6>{}); break;
+    default: break;
+  }
+}
+
+/// Row scales of 1, for a product that only accumulates.
+inline constexpr float kOnes[6] = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
+
+/// Computes `rows` (at most kTileRows) rows of C with the micro-kernel.
 template <Accumulate kMode>
 inline void gemm_rows(Index rows, const float* a, Index a_stride, const float* b, Index b_stride,
                       Index depth, float* c, Index c_stride, Index columns,
                       const float* row_scale) {
-  static_assert(kTileRows <= 6, "gemm_rows dispatches at most 6 rows; extend the switch.");
-  HEADROOM_DASSERT(rows >= 1 && rows <= kTileRows);
-  switch (rows) {
-#define HEADROOM_GEMM_ROWS_CASE(n)                                                          \
-  case n:                                                                                   \
-    if constexpr (n <= kTileRows) {                                                         \
-      row_panel<n, kMode>(a, a_stride, b, b_stride, depth, c, c_stride, columns, row_scale); \
-    }                                                                                       \
-    break;
-    HEADROOM_GEMM_ROWS_CASE(1)
-    HEADROOM_GEMM_ROWS_CASE(2)
-    HEADROOM_GEMM_ROWS_CASE(3)
-    HEADROOM_GEMM_ROWS_CASE(4)
-    HEADROOM_GEMM_ROWS_CASE(5)
-    HEADROOM_GEMM_ROWS_CASE(6)
-#undef HEADROOM_GEMM_ROWS_CASE
-    default:
-      break;
-  }
+  dispatch_rows(rows, [&](auto rows_tag) {
+    row_panel<decltype(rows_tag)::value, kMode>(a, a_stride, b, b_stride, depth, c, c_stride,
+                                                columns, row_scale);
+  });
 }
 
 }  // namespace headroom::detail
