@@ -55,11 +55,13 @@ TYPED_TEST_SUITE(KvCacheTypedTest, Elements);
 TYPED_TEST(KvCacheTypedTest, PrefillThenDecodeStepsEqualsOnePrefill) {
   using T = TypeParam;
   std::mt19937 rng(3);
-  const Index num_heads = 8, total = 150, prefix = 37, dim = 32;
+  const Index num_heads = 8, total = 150, prefix = 37;
+  // dim 32 takes the vectorised conversions, 24 (not a packet multiple) the element-wise ones.
+  for (Index dim : {32, 24})
   for (Index num_kv_heads : {8, 2, 1}) {
     for (const Mask& mask : {Mask::causal(), Mask::sliding_window(20)}) {
-      SCOPED_TRACE("kv heads " + std::to_string(num_kv_heads) + " window " +
-                   std::to_string(mask.window));
+      SCOPED_TRACE("dim " + std::to_string(dim) + " kv heads " + std::to_string(num_kv_heads) +
+                   " window " + std::to_string(mask.window));
       Tokens q(total, num_heads, dim, rng), k(total, num_kv_heads, dim, rng),
           v(total, num_kv_heads, dim, rng);
       AttentionOptions options;

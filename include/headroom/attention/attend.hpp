@@ -78,7 +78,6 @@ struct TileShape {
 struct TileScratch {
   using Buffer = std::vector<float, Eigen::aligned_allocator<float>>;
   Buffer q;          // [rows_per_item, head_dim_k], pre-multiplied by the softmax scale
-  Buffer k_rows;     // [kKeyTile, head_dim_k], the K tile in f32, before transposing
   Buffer k_t;        // [head_dim_k, kKeyTile], the K tile transposed, zero past the last key
   Buffer v;          // [kKeyTile, head_dim_v_padded], zero past the last key and past head_dim_v
   Buffer o;          // [rows_per_item, head_dim_v_padded], unnormalised output accumulator
@@ -89,7 +88,6 @@ struct TileScratch {
 
   explicit TileScratch(const TileShape& shape)
       : q(shape.rows_per_item * shape.head_dim_k),
-        k_rows(kKeyTile * shape.head_dim_k),
         k_t(shape.head_dim_k * kKeyTile),
         v(kKeyTile * shape.head_dim_v_padded),
         o(shape.rows_per_item * shape.head_dim_v_padded),
@@ -118,25 +116,70 @@ inline void online_softmax_update(Index rows, float* scores, float* row_max, flo
   }
 }
 
-/// Writes one row of `count` elements at `src` (element step `stride`) to dst as f32.
+/// Where the rows of one K/V tile live: a pointer per key (resolving block tables and ring
+/// buffers once per tile) and the int8 scales (1 for other types).
 template <class T>
-inline void row_to_float(const T* src, Index count, Index stride, float scale, float* dst) {
-  if (stride == 1) {
-    to_float(src, count, scale, dst);
-  } else {
-    for (Index d = 0; d < count; ++d) dst[d] = scale * static_cast<float>(src[d * stride]);
+struct TileRows {
+  Index count = 0;
+  const T* k[kKeyTile];
+  const T* v[kKeyTile];
+  float k_scale[kKeyTile];
+  float v_scale[kKeyTile];
+  // The rows `distance` keys ahead of each key, possibly in the next tile (null past the end).
+  const T* k_ahead[kKeyTile];
+  const T* v_ahead[kKeyTile];
+
+  /// Points k_ahead and v_ahead `distance` keys ahead, into `next` (or null) past this tile.
+  void look_ahead(const TileRows* next, Index distance) {
+    for (Index c = 0; c < count; ++c) {
+      const Index ahead = c + distance;
+      const bool here = ahead < count;
+      const bool there = !here && next != nullptr && ahead - count < next->count;
+      k_ahead[c] = here ? k[ahead] : there ? next->k[ahead - count] : nullptr;
+      v_ahead[c] = here ? v[ahead] : there ? next->v[ahead - count] : nullptr;
+    }
+  }
+};
+
+/// Fills `rows` with the keys [k0, k0 + count) of kv head `kv_head`, one run at a time.
+template <class Source>
+void gather_tile_rows(const Source& source, Index b, Index kv_head, Index k0, Index count,
+                      TileRows<typename Source::Element>& rows) {
+  rows.count = count;
+  for (Index offset = 0; offset < count;) {
+    const Index j = k0 + offset;
+    const Index run = std::min(count - offset, source.run_length(b, j));
+    const auto* k_row = source.k_row(b, j, kv_head);
+    const auto* v_row = source.v_row(b, j, kv_head);
+    const float* k_scales = source.k_scales(b, j, kv_head);
+    const float* v_scales = source.v_scales(b, j, kv_head);
+    for (Index i = 0; i < run; ++i) {
+      rows.k[offset + i] = k_row + i * source.k_row_stride();
+      rows.v[offset + i] = v_row + i * source.v_row_stride();
+      rows.k_scale[offset + i] = k_scales != nullptr ? k_scales[i] : 1.0f;
+      rows.v_scale[offset + i] = v_scales != nullptr ? v_scales[i] : 1.0f;
+    }
+    offset += run;
   }
 }
 
-/// Transposes k_rows [kKeyTile, dk] into k_t [dk, kKeyTile] for the first `count` keys, in
-/// packet-square blocks when dk allows it.
-inline void transpose_k_tile(Index count, Index dk, TileScratch& scratch) {
-  const float* rows = scratch.k_rows.data();
+/// Converts the K tile to f32 and stores it transposed in k_t [dk, kKeyTile], and the V tile in
+/// v [kKeyTile, dv_pad]: once per tile, shared by every query row of the group. Contiguous rows
+/// with packet-multiple dims are converted in registers and transposed in packet-square blocks;
+/// anything else goes element by element. Lanes past the last key are zero.
+/// The rows kPrefetchRows keys ahead are requested from memory meanwhile.
+template <class T>
+void pack_kv_tile(const TileRows<T>& rows, Index k_dim_stride, Index v_dim_stride,
+                  const TileShape& shape, TileScratch& scratch) {
+  using namespace Eigen::internal;
+  const Index dk = shape.head_dim_k, dv = shape.head_dim_v, dv_pad = shape.head_dim_v_padded;
+  const Index count = rows.count;
   float* k_t = scratch.k_t.data();
-  if (dk % kPacketSize == 0) {
-    using namespace Eigen::internal;
-    const Index padded = (count + kPacketSize - 1) / kPacketSize * kPacketSize;
-    std::fill(scratch.k_rows.begin() + count * dk, scratch.k_rows.begin() + padded * dk, 0.0f);
+  if (count < kKeyTile) {
+    std::fill(scratch.k_t.begin(), scratch.k_t.end(), 0.0f);
+    std::fill(scratch.v.begin() + count * dv_pad, scratch.v.end(), 0.0f);
+  }
+  if (dk % kPacketSize == 0 && k_dim_stride == 1) {
 // PacketBlock<Packet16f> drops the vector type's alignment attribute, harmlessly: it is a local.
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
@@ -146,122 +189,45 @@ inline void transpose_k_tile(Index count, Index dk, TileScratch& scratch) {
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
 #endif
-    for (Index c0 = 0; c0 < padded; c0 += kPacketSize) {
+    for (Index c0 = 0; c0 < count; c0 += kPacketSize) {
       for (Index d0 = 0; d0 < dk; d0 += kPacketSize) {
         Block block;
         for (int i = 0; i < kPacketSize; ++i) {
-          block.packet[i] = pload<Packet>(rows + (c0 + i) * dk + d0);
+          block.packet[i] = c0 + i < count ? pmul(load_packet(rows.k[c0 + i] + d0),
+                                                  pset1<Packet>(rows.k_scale[c0 + i]))
+                                           : pset1<Packet>(0.0f);
         }
         ptranspose(block);
-        for (int i = 0; i < kPacketSize; ++i) {
-          pstore(k_t + (d0 + i) * kKeyTile + c0, block.packet[i]);
-        }
+        for (int i = 0; i < kPacketSize; ++i) pstore(k_t + (d0 + i) * kKeyTile + c0, block.packet[i]);
       }
     }
   } else {
     for (Index c = 0; c < count; ++c) {
-      for (Index d = 0; d < dk; ++d) k_t[d * kKeyTile + c] = rows[c * dk + d];
+      for (Index d = 0; d < dk; ++d) {
+        k_t[d * kKeyTile + c] = rows.k_scale[c] * static_cast<float>(rows.k[c][d * k_dim_stride]);
+      }
     }
   }
-}
-
-/// Calls fn(offset, run, k_row, v_row, k_scales, v_scales) for each run of consecutively stored
-/// keys in [k0, k0 + count) of kv head `kv_head`; offset counts from k0. Key k0 + offset + i of a
-/// run sits at k_row + i * k_row_stride() (scales at k_scales + i, or null).
-template <class Source, class Fn>
-EIGEN_ALWAYS_INLINE void for_each_run(const Source& source, Index b, Index kv_head, Index k0,
-                                      Index count, Fn&& fn) {
-  for (Index offset = 0; offset < count;) {
-    const Index j = k0 + offset;
-    const Index run = std::min(count - offset, source.run_length(b, j));
-    fn(offset, run, source.k_row(b, j, kv_head), source.v_row(b, j, kv_head),
-       source.k_scales(b, j, kv_head), source.v_scales(b, j, kv_head));
-    offset += run;
-  }
-}
-
-/// Converts the K tile [k0, k0 + count) of kv head `kv_head` to f32 and stores it transposed in
-/// k_t, and the V tile in v: once per tile, shared by every query row of the group. Lanes past
-/// `count` are zero so they contribute nothing.
-template <class Source>
-void pack_kv_tile(const Source& source, Index b, Index kv_head, Index k0, Index count,
-                  const TileShape& shape, TileScratch& scratch) {
-  const Index dk = shape.head_dim_k, dv = shape.head_dim_v, dv_pad = shape.head_dim_v_padded;
-  if (count < kKeyTile) {
-    std::fill(scratch.k_t.begin(), scratch.k_t.end(), 0.0f);
-    std::fill(scratch.v.begin() + count * dv_pad, scratch.v.end(), 0.0f);
-  }
-  const Index k_stride = source.k_dim_stride(), v_stride = source.v_dim_stride();
-  const Index k_row_stride = source.k_row_stride(), v_row_stride = source.v_row_stride();
-  for_each_run(source, b, kv_head, k0, count,
-               [&](Index offset, Index run, const auto* k_row, const auto* v_row,
-                   const float* k_scales, const float* v_scales) {
-    for (Index i = 0; i < run; ++i) {
-      const Index c = offset + i;
-      row_to_float(k_row + i * k_row_stride, dk, k_stride, k_scales ? k_scales[i] : 1.0f,
-                   scratch.k_rows.data() + c * dk);
-      float* v_packed = scratch.v.data() + c * dv_pad;
-      row_to_float(v_row + i * v_row_stride, dv, v_stride, v_scales ? v_scales[i] : 1.0f,
-                   v_packed);
+  const Index k_bytes = dk * k_dim_stride * static_cast<Index>(sizeof(T));
+  const Index v_bytes = dv * v_dim_stride * static_cast<Index>(sizeof(T));
+  for (Index c = 0; c < count; ++c) {
+    if constexpr (kSoftwarePrefetch<T>) {
+      prefetch_row(rows.k_ahead[c], k_bytes);
+      prefetch_row(rows.v_ahead[c], v_bytes);
+    }
+    float* v_packed = scratch.v.data() + c * dv_pad;
+    if (dv % kPacketSize == 0 && v_dim_stride == 1) {
+      const Packet scale = pset1<Packet>(rows.v_scale[c]);
+      for (Index d0 = 0; d0 < dv; d0 += kPacketSize) {
+        pstore(v_packed + d0, pmul(load_packet(rows.v[c] + d0), scale));
+      }
+    } else {
+      for (Index d = 0; d < dv; ++d) {
+        v_packed[d] = rows.v_scale[c] * static_cast<float>(rows.v[c][d * v_dim_stride]);
+      }
       std::fill(v_packed + dv, v_packed + dv_pad, 0.0f);
     }
-  });
-  transpose_k_tile(count, dk, scratch);
-}
-
-/// Asks the memory system for the K and V rows [k0, k0 + count) ahead of their use: a decode step
-/// does little arithmetic per byte, so without it each tile would wait for DRAM latency while the
-/// core sits idle. Called one tile ahead of pack_kv_tile.
-template <class Source>
-void prefetch_kv_tile(const Source& source, Index b, Index kv_head, Index k0, Index count,
-                      const TileShape& shape) {
-  constexpr Index kLine = 64;
-  using Element = typename Source::Element;
-  const Index k_bytes = shape.head_dim_k * static_cast<Index>(sizeof(Element)) * source.k_dim_stride();
-  const Index v_bytes = shape.head_dim_v * static_cast<Index>(sizeof(Element)) * source.v_dim_stride();
-  for_each_run(source, b, kv_head, k0, count,
-               [&](Index, Index run, const auto* k_row, const auto* v_row, const float*,
-                   const float*) {
-    for (Index i = 0; i < run; ++i) {
-      const char* k_at = reinterpret_cast<const char*>(k_row + i * source.k_row_stride());
-      const char* v_at = reinterpret_cast<const char*>(v_row + i * source.v_row_stride());
-      for (Index at = 0; at < k_bytes; at += kLine) Eigen::internal::prefetch(k_at + at);
-      for (Index at = 0; at < v_bytes; at += kLine) Eigen::internal::prefetch(v_at + at);
-    }
-  });
-}
-
-/// Computes the scores of `rows` (at most kTileRows) pre-scaled query rows against the keys
-/// [k0, k0 + count) read straight from the source (the streamed path).
-template <class Source>
-void streamed_scores(Index rows, const float* q, Index dk, const Source& source, Index b,
-                     Index kv_head, Index k0, Index count, float* scores) {
-  for_each_run(source, b, kv_head, k0, count,
-               [&](Index offset, Index run, const auto* k_row, const auto*, const float* k_scales,
-                   const float*) {
-    dispatch_rows(rows, [&](auto rows_tag) {
-      dot_scores<decltype(rows_tag)::value>(q, dk, k_row, source.k_row_stride(), k_scales, run,
-                                            scores + offset, kKeyTile);
-    });
-  });
-}
-
-/// Accumulates O = diag(rescale) O + P V for `rows` rows over the values [k0, k0 + count) read
-/// straight from the source (the streamed path).
-template <class Source>
-void streamed_pv(Index rows, const float* p, const Source& source, Index b, Index kv_head,
-                 Index k0, Index count, Index dv, float* o, Index o_stride,
-                 const float* rescale) {
-  const float* scale = rescale;
-  for_each_run(source, b, kv_head, k0, count,
-               [&](Index offset, Index run, const auto*, const auto* v_row, const float*,
-                   const float* v_scales) {
-    dispatch_rows(rows, [&](auto rows_tag) {
-      direct_pv<decltype(rows_tag)::value>(p + offset, kKeyTile, v_row, source.v_row_stride(),
-                                           v_scales, run, dv, o, o_stride, scale);
-    });
-    scale = kOnes;  // only the first run applies the online-softmax correction
-  });
+  }
 }
 
 /// Where a work item leaves its rows: the output and LSE views, or, when the keys are split, the
@@ -304,13 +270,25 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
 
   const Index item_first = std::max(key_begin, keys.first(position(0)));
   const Index item_end = std::min(key_end, keys.end(position(rows - 1)));
-  for (Index k0 = item_first; k0 < item_end; k0 += kKeyTile) {
+  using Element = typename Source::Element;
+  TileRows<Element> tile_rows[2];  // the current tile's rows and the next one's, for prefetching
+  const Index prefetch_distance = std::max<Index>(
+      1, kPrefetchBytes / (std::max(dk, dv) * static_cast<Index>(sizeof(Element))));
+  if (item_first < item_end) {
+    gather_tile_rows(source, b, kv_head, item_first,
+                     std::min(kKeyTile, item_end - item_first), tile_rows[0]);
+  }
+  for (Index k0 = item_first, t = 0; k0 < item_end; k0 += kKeyTile, t ^= 1) {
     const Index k1 = std::min(k0 + kKeyTile, item_end);
+    TileRows<Element>& tile = tile_rows[t];
+    const TileRows<Element>* next = nullptr;
+    if (k1 < item_end) {
+      gather_tile_rows(source, b, kv_head, k1, std::min(kKeyTile, item_end - k1), tile_rows[t ^ 1]);
+      next = &tile_rows[t ^ 1];
+    }
+    if constexpr (kSoftwarePrefetch<Element>) tile.look_ahead(next, prefetch_distance);
     if (!shape.streamed) {
-      if (k1 < item_end) {
-        prefetch_kv_tile(source, b, kv_head, k1, std::min(kKeyTile, item_end - k1), shape);
-      }
-      pack_kv_tile(source, b, kv_head, k0, k1 - k0, shape, scratch);
+      pack_kv_tile(tile, source.k_dim_stride(), source.v_dim_stride(), shape, scratch);
     }
 
     for (Index r0 = 0; r0 < rows; r0 += kTileRows) {
@@ -323,7 +301,11 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       float* scores = scratch.scores.data();
       const float* q_rows = scratch.q.data() + r0 * dk;
       if (shape.streamed) {
-        streamed_scores(block_rows, q_rows, dk, source, b, kv_head, k0, k1 - k0, scores);
+        dispatch_rows(block_rows, [&](auto rows_tag) {
+          dot_scores<decltype(rows_tag)::value>(q_rows, dk, tile.k, tile.k_scale, tile.count,
+                                                kSoftwarePrefetch<Element> ? tile.k_ahead : nullptr,
+                                                scores, kKeyTile);
+        });
       } else {
         gemm_rows<Accumulate::kOverwrite>(block_rows, q_rows, dk, scratch.k_t.data(), kKeyTile,
                                           dk, scores, kKeyTile, kKeyTile, nullptr);
@@ -350,8 +332,12 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       // Probabilities past block_end are zero: the P.V depth stops there.
       float* o_rows = scratch.o.data() + r0 * dv_pad;
       if (shape.streamed) {
-        streamed_pv(block_rows, scores, source, b, kv_head, k0, block_end - k0, dv, o_rows,
-                    dv_pad, scratch.rescale.data());
+        dispatch_rows(block_rows, [&](auto rows_tag) {
+          direct_pv<decltype(rows_tag)::value>(scores, kKeyTile, tile.v, tile.v_scale,
+                                               block_end - k0,
+                                               kSoftwarePrefetch<Element> ? tile.v_ahead : nullptr,
+                                               dv, o_rows, dv_pad, scratch.rescale.data());
+        });
       } else {
         gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, scores, kKeyTile, scratch.v.data(),
                                               dv_pad, block_end - k0, o_rows, dv_pad, dv_pad,
