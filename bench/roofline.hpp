@@ -65,9 +65,15 @@ inline double read_probe(const std::vector<float, Eigen::aligned_allocator<float
   return 4.0 * static_cast<double>(per_stream) * streams * num_threads;
 }
 
-/// The read probe's buffer: 1 GiB, far beyond the last-level cache (32 MiB on Zen 4 here).
+/// The read probe's buffer: 1 GiB, far beyond the last-level cache (32 MiB here), filled with
+/// distinct values: pages of identical content may be merged by the host (KSM), and reading one
+/// shared page over and over measures a cache, not DRAM.
 inline const std::vector<float, Eigen::aligned_allocator<float>>& read_probe_buffer() {
-  static const std::vector<float, Eigen::aligned_allocator<float>> buffer(Index{1} << 28, 1.0f);
+  static const std::vector<float, Eigen::aligned_allocator<float>> buffer = [] {
+    std::vector<float, Eigen::aligned_allocator<float>> values(Index{1} << 28);
+    for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i % 65521);
+    return values;
+  }();
   return buffer;
 }
 

@@ -72,6 +72,9 @@ struct TileShape {
   /// Few rows per item (decode): K and V are read straight from the source into registers
   /// (stream_kernel.hpp) instead of being packed into f32 tiles that too few rows would reuse.
   bool streamed;
+  /// V rows are read straight from the source by the P.V product (streamed, or aligned f32 rows
+  /// that need no conversion) instead of being packed.
+  bool v_direct;
 };
 
 /// Per-thread scratch, sized once per call; every pointer is aligned for packet loads.
@@ -85,6 +88,7 @@ struct TileScratch {
   Buffer row_max;    // [rows_per_item], running max m of each row's logits
   Buffer row_sum;    // [rows_per_item], running sum l of exp(logit - m)
   Buffer rescale;    // [kTileRows], exp(m_old - m_new) of the current row block
+  LinePrefetcher prefetcher;  // the next tile's rows, requested while this one is computed
 
   explicit TileScratch(const TileShape& shape)
       : q(shape.rows_per_item * shape.head_dim_k),
@@ -99,20 +103,38 @@ struct TileScratch {
 
 /// Folds one block of logits into the running softmax state of its rows (DESIGN.md, "Online
 /// softmax"): m' = max(m, max s), p = exp(s - m'), l = l * exp(m - m') + sum p. Leaves p in
-/// `scores` and exp(m - m') in `rescale` for the caller's O = diag(rescale) O + p V.
+/// `scores` and exp(m - m') in `rescale` for the caller's O = diag(rescale) O + p V. The rows'
+/// rescale factors share one vector exp.
 inline void online_softmax_update(Index rows, float* scores, float* row_max, float* row_sum,
                                   float* rescale) {
-  using Row = Eigen::Map<Eigen::Array<float, 1, kKeyTile>, Eigen::Aligned64>;
+  using namespace Eigen::internal;
+  constexpr int kPackets = kKeyTile / kPacketSize;
+  static_assert(kTileRows <= kPacketSize, "the rescale factors of a row block fill one packet");
+  alignas(64) float old_max[kPacketSize] = {}, reference[kPacketSize] = {}, sums[kPacketSize];
   for (Index r = 0; r < rows; ++r) {
-    Row s(scores + r * kKeyTile);
-    const float new_max = std::max(row_max[r], s.maxCoeff());
+    float* s = scores + r * kKeyTile;
+    Packet block_max = pload<Packet>(s);
+    for (int p = 1; p < kPackets; ++p) block_max = pmax(block_max, pload<Packet>(s + p * kPacketSize));
+    const float new_max = std::max(row_max[r], predux_max(block_max));
     // A row that has seen no visible key keeps m = -inf; subtracting 0 instead keeps
     // exp(-inf - -inf) from turning its zero state into NaN.
-    const float reference = new_max == kNegInf ? 0.0f : new_max;
-    rescale[r] = std::exp(row_max[r] - reference);
-    s = (s - reference).exp();
-    row_sum[r] = row_sum[r] * rescale[r] + s.sum();
+    reference[r] = new_max == kNegInf ? 0.0f : new_max;
+    old_max[r] = row_max[r];
     row_max[r] = new_max;
+    const Packet shift = pset1<Packet>(reference[r]);
+    Packet sum = pset1<Packet>(0.0f);
+    for (int p = 0; p < kPackets; ++p) {
+      const Packet e = pexp(psub(pload<Packet>(s + p * kPacketSize), shift));
+      pstore(s + p * kPacketSize, e);
+      sum = padd(sum, e);
+    }
+    sums[r] = predux(sum);
+  }
+  alignas(64) float factors[kPacketSize];
+  pstore(factors, pexp(psub(pload<Packet>(old_max), pload<Packet>(reference))));
+  for (Index r = 0; r < rows; ++r) {
+    rescale[r] = factors[r];
+    row_sum[r] = row_sum[r] * factors[r] + sums[r];
   }
 }
 
@@ -167,10 +189,10 @@ void gather_tile_rows(const Source& source, Index b, Index kv_head, Index k0, In
 /// v [kKeyTile, dv_pad]: once per tile, shared by every query row of the group. Contiguous rows
 /// with packet-multiple dims are converted in registers and transposed in packet-square blocks;
 /// anything else goes element by element. Lanes past the last key are zero.
-/// The rows kPrefetchRows keys ahead are requested from memory meanwhile.
 template <class T>
 void pack_kv_tile(const TileRows<T>& rows, Index k_dim_stride, Index v_dim_stride,
                   const TileShape& shape, TileScratch& scratch) {
+  static_assert(kIsKvElement<T>, "pack_kv_tile: not a KV element type.");
   using namespace Eigen::internal;
   const Index dk = shape.head_dim_k, dv = shape.head_dim_v, dv_pad = shape.head_dim_v_padded;
   const Index count = rows.count;
@@ -208,13 +230,7 @@ void pack_kv_tile(const TileRows<T>& rows, Index k_dim_stride, Index v_dim_strid
       }
     }
   }
-  const Index k_bytes = dk * k_dim_stride * static_cast<Index>(sizeof(T));
-  const Index v_bytes = dv * v_dim_stride * static_cast<Index>(sizeof(T));
-  for (Index c = 0; c < count; ++c) {
-    if constexpr (kSoftwarePrefetch<T>) {
-      prefetch_row(rows.k_ahead[c], k_bytes);
-      prefetch_row(rows.v_ahead[c], v_bytes);
-    }
+  for (Index c = 0; c < count && !shape.v_direct; ++c) {
     float* v_packed = scratch.v.data() + c * dv_pad;
     if (dv % kPacketSize == 0 && v_dim_stride == 1) {
       const Packet scale = pset1<Packet>(rows.v_scale[c]);
@@ -286,11 +302,22 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       gather_tile_rows(source, b, kv_head, k1, std::min(kKeyTile, item_end - k1), tile_rows[t ^ 1]);
       next = &tile_rows[t ^ 1];
     }
-    if constexpr (kSoftwarePrefetch<Element>) tile.look_ahead(next, prefetch_distance);
     if (!shape.streamed) {
       pack_kv_tile(tile, source.k_dim_stride(), source.v_dim_stride(), shape, scratch);
+    } else if constexpr (kSoftwarePrefetch<Element>) {
+      tile.look_ahead(next, prefetch_distance);
     }
 
+    // The packed path's products request the next tile while they run (see LinePrefetcher).
+    LinePrefetcher* prefetcher = nullptr;
+    if (!shape.streamed && next != nullptr) {
+      scratch.prefetcher.clear();
+      for (Index c = 0; c < next->count; ++c) {
+        scratch.prefetcher.add(next->k[c], dk * source.k_dim_stride() * Index{sizeof(Element)});
+        scratch.prefetcher.add(next->v[c], dv * source.v_dim_stride() * Index{sizeof(Element)});
+      }
+      prefetcher = &scratch.prefetcher;
+    }
     for (Index r0 = 0; r0 < rows; r0 += kTileRows) {
       const Index block_rows = std::min<Index>(kTileRows, rows - r0);
       const Index pos_lo = position(r0), pos_hi = position(r0 + block_rows - 1);
@@ -307,7 +334,8 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
                                                 scores, kKeyTile);
         });
       } else {
-        gemm_rows<Accumulate::kOverwrite>(block_rows, q_rows, dk, scratch.k_t.data(), kKeyTile,
+        gemm_rows<Accumulate::kOverwrite>(block_rows, q_rows, dk,
+                                          PackedRows{scratch.k_t.data(), kKeyTile, prefetcher},
                                           dk, scores, kKeyTile, kKeyTile, nullptr);
       }
       if (options.softcap > 0.0f) {
@@ -331,19 +359,22 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
                             scratch.row_sum.data() + r0, scratch.rescale.data());
       // Probabilities past block_end are zero: the P.V depth stops there.
       float* o_rows = scratch.o.data() + r0 * dv_pad;
-      if (shape.streamed) {
-        dispatch_rows(block_rows, [&](auto rows_tag) {
-          direct_pv<decltype(rows_tag)::value>(scores, kKeyTile, tile.v, tile.v_scale,
-                                               block_end - k0,
-                                               kSoftwarePrefetch<Element> ? tile.v_ahead : nullptr,
-                                               dv, o_rows, dv_pad, scratch.rescale.data());
-        });
+      if (shape.v_direct) {
+        const SourceRows<Element> v_rows{
+            tile.v, tile.v_scale,
+            shape.streamed && kSoftwarePrefetch<Element> ? tile.v_ahead : nullptr,
+            dv * static_cast<Index>(sizeof(Element))};
+        gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, scores, kKeyTile, v_rows,
+                                              block_end - k0, o_rows, dv_pad, dv,
+                                              scratch.rescale.data());
       } else {
-        gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, scores, kKeyTile, scratch.v.data(),
-                                              dv_pad, block_end - k0, o_rows, dv_pad, dv_pad,
+        gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, scores, kKeyTile,
+                                              PackedRows{scratch.v.data(), dv_pad, prefetcher},
+                                              block_end - k0, o_rows, dv_pad, dv_pad,
                                               scratch.rescale.data());
       }
     }
+    if (prefetcher != nullptr) prefetcher->finish();
   }
 
   // O / l and LSE = m + log l; a row without visible keys (l = 0) gives zeros and -inf.
@@ -522,6 +553,11 @@ TileShape validate_attend(const TensorView<const float>& q, const Source& kv,
   shape.streamed = shape.rows_per_item <= kTileRows && shape.head_dim_k % kPacketSize == 0 &&
                    shape.head_dim_v % kPacketSize == 0 && kv.k_dim_stride() == 1 &&
                    kv.v_dim_stride() == 1;
+  // Packed V costs a copy per tile that many rows amortise; read straight, f32 rows cost nothing
+  // extra when aligned (an unaligned packet load straddles two cache lines).
+  shape.v_direct = shape.head_dim_v % kPacketSize == 0 && kv.v_dim_stride() == 1 &&
+                   (shape.streamed || (std::is_same_v<typename Source::Element, float> &&
+                                       kv.v_rows_aligned(kPacketSize * sizeof(float))));
   const Index per_split = (shape.kv_len + shape.num_splits - 1) / shape.num_splits;
   shape.keys_per_split = std::max<Index>(1, (per_split + kKeyTile - 1) / kKeyTile) * kKeyTile;
   return shape;

@@ -68,6 +68,7 @@ class KvCacheView {
   Index v_row_stride() const { return head_dim_v(); }
   Index k_dim_stride() const { return 1; }
   Index v_dim_stride() const { return 1; }
+  bool v_rows_aligned(Index alignment) const { return cache_->rows_.v_rows_aligned(alignment); }
 
   /// Checks that every sequence id exists and appears once.
   void validate(const char* where) const {

@@ -81,6 +81,12 @@ class KvRows {
                             (kHasScale<T> ? 2 * static_cast<Index>(sizeof(float)) : 0));
   }
 
+  /// Returns whether every V row starts at a multiple of `alignment` bytes.
+  bool v_rows_aligned(Index alignment) const {
+    return (head_dim_v_ * static_cast<Index>(sizeof(T))) % alignment == 0 &&
+           EIGEN_MAX_ALIGN_BYTES % alignment == 0;
+  }
+
   Index num_kv_heads() const { return num_kv_heads_; }
   Index head_dim_k() const { return head_dim_k_; }
   Index head_dim_v() const { return head_dim_v_; }
@@ -109,8 +115,9 @@ class KvRows {
   }
 
   Index block_rows_ = 1, num_kv_heads_ = 0, head_dim_k_ = 0, head_dim_v_ = 0;
-  std::vector<T> k_;             // [num_rows / block_rows, num_kv_heads, block_rows, head_dim_k]
-  std::vector<T> v_;             // [num_rows / block_rows, num_kv_heads, block_rows, head_dim_v]
+  // Aligned for packet loads: with head dims of packet multiples, every row starts aligned.
+  std::vector<T, Eigen::aligned_allocator<T>> k_;  // [blocks, num_kv_heads, block_rows, head_dim_k]
+  std::vector<T, Eigen::aligned_allocator<T>> v_;  // [blocks, num_kv_heads, block_rows, head_dim_v]
   std::vector<float> k_scale_;   // [num_rows / block_rows, num_kv_heads, block_rows], int8 only
   std::vector<float> v_scale_;   // same, int8 only
 };

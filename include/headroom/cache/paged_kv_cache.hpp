@@ -66,6 +66,7 @@ class PagedKvView {
   Index v_row_stride() const { return head_dim_v(); }
   Index k_dim_stride() const { return 1; }
   Index v_dim_stride() const { return 1; }
+  bool v_rows_aligned(Index alignment) const { return cache_->rows_.v_rows_aligned(alignment); }
 
   /// Checks that every table covers its length and names only blocks of the pool.
   void validate(const char* where) const {

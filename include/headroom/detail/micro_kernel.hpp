@@ -35,13 +35,69 @@ enum class Accumulate {
   kRescaleAndAdd,   ///< C = diag(row_scale).C + A.B (the online-softmax correction of the output)
 };
 
+/// Requests a list of rows into L2 one cache line per step. A tile's arithmetic calls step() as it
+/// goes, so the next tile arrives spread over the whole computation: one burst of a tile's lines
+/// would overflow the core's miss queues and most of it would be dropped.
+class LinePrefetcher {
+ public:
+  static constexpr Index kMaxRows = 128;
+
+  void clear() { num_rows_ = row_ = offset_ = 0; }
+  void add(const void* row, Index bytes) {
+    if (num_rows_ == kMaxRows || row == nullptr) return;
+    rows_[num_rows_] = static_cast<const char*>(row);
+    bytes_[num_rows_++] = bytes;
+  }
+  /// Requests the next `lines` cache lines of the list.
+  EIGEN_ALWAYS_INLINE void step(int lines) {
+    for (int i = 0; i < lines && row_ < num_rows_; ++i) {
+#if defined(__GNUC__)
+      __builtin_prefetch(rows_[row_] + offset_, 0, 2);
+#endif
+      offset_ += 64;
+      if (offset_ >= bytes_[row_]) {
+        offset_ = 0;
+        ++row_;
+      }
+    }
+  }
+  /// Issues whatever the computation did not get to.
+  void finish() {
+    while (row_ < num_rows_) step(1);
+  }
+
+ private:
+  const char* rows_[kMaxRows];
+  Index bytes_[kMaxRows];
+  Index num_rows_ = 0, row_ = 0, offset_ = 0;
+};
+
+/// The B operand of the micro-kernel as f32 rows in scratch: row k at base + k * stride, aligned.
+/// With a prefetcher, every fourth row of the product also requests six lines of the next tile
+/// (a tile of 64 keys is 1024 lines of f32 K and V at head dim 128; its products have about 1100
+/// such steps).
+struct PackedRows {
+  const float* base;
+  Index stride;
+  LinePrefetcher* prefetcher = nullptr;
+
+  EIGEN_ALWAYS_INLINE Packet load(Index k, Index col) const {
+    return Eigen::internal::pload<Packet>(base + k * stride + col);
+  }
+  EIGEN_ALWAYS_INLINE float scale(Index) const { return 1.0f; }
+  EIGEN_ALWAYS_INLINE void prefetch(Index k) const {
+    if (prefetcher != nullptr && (k & 3) == 0) prefetcher->step(6);
+  }
+};
+
 /// Computes a kRows x (kPackets * kPacketSize) block of C from A [kRows, depth] (row stride
-/// a_stride, read one scalar at a time and broadcast) and B [depth, columns] (row stride b_stride,
-/// read in aligned packets). b and c must be aligned to the packet size and their strides multiples
-/// of it. Accumulators live in registers for the whole depth loop.
-template <int kRows, int kPackets, Accumulate kMode>
-EIGEN_ALWAYS_INLINE void micro_kernel(const float* a, Index a_stride, const float* b,
-                                      Index b_stride, Index depth, float* c, Index c_stride,
+/// a_stride, read one scalar at a time and broadcast) and the rows of B at columns [col, col +
+/// kPackets * kPacketSize) (a PackedRows, or SourceRows read straight from a KV source). B's
+/// per-row scale (int8 values) multiplies A's column. c must be aligned, c_stride a multiple of
+/// the packet size. Accumulators live in registers for the whole depth loop.
+template <int kRows, int kPackets, Accumulate kMode, class BRows>
+EIGEN_ALWAYS_INLINE void micro_kernel(const float* a, Index a_stride, const BRows& b, Index col,
+                                      Index depth, float* c, Index c_stride,
                                       const float* row_scale) {
   using namespace Eigen::internal;
   Packet acc[kRows][kPackets];
@@ -58,12 +114,14 @@ EIGEN_ALWAYS_INLINE void micro_kernel(const float* a, Index a_stride, const floa
     }
   }
   for (Index k = 0; k < depth; ++k) {
+    if (col == 0) b.prefetch(k);  // later column panels find the row in L1
     Packet b_row[kPackets];
     HEADROOM_UNROLL
-    for (int p = 0; p < kPackets; ++p) b_row[p] = pload<Packet>(b + k * b_stride + p * kPacketSize);
+    for (int p = 0; p < kPackets; ++p) b_row[p] = b.load(k, col + p * kPacketSize);
+    const float b_scale = b.scale(k);
     HEADROOM_UNROLL
     for (int r = 0; r < kRows; ++r) {
-      const Packet a_rk = pset1<Packet>(a[r * a_stride + k]);
+      const Packet a_rk = pset1<Packet>(a[r * a_stride + k] * b_scale);
       HEADROOM_UNROLL
       for (int p = 0; p < kPackets; ++p) acc[r][p] = pmadd(a_rk, b_row[p], acc[r][p]);
     }
@@ -77,19 +135,18 @@ EIGEN_ALWAYS_INLINE void micro_kernel(const float* a, Index a_stride, const floa
 
 /// Computes kRows rows of C [kRows, columns] with the micro-kernel, walking the columns in register
 /// tiles; `columns` is a multiple of kPacketSize.
-template <int kRows, Accumulate kMode>
-EIGEN_ALWAYS_INLINE void row_panel(const float* a, Index a_stride, const float* b, Index b_stride,
-                                   Index depth, float* c, Index c_stride, Index columns,
+template <int kRows, Accumulate kMode, class BRows>
+EIGEN_ALWAYS_INLINE void row_panel(const float* a, Index a_stride, const BRows& b, Index depth,
+                                   float* c, Index c_stride, Index columns,
                                    const float* row_scale) {
   constexpr Index kTileColumns = kTilePackets * kPacketSize;
   Index col = 0;
   for (; col + kTileColumns <= columns; col += kTileColumns) {
-    micro_kernel<kRows, kTilePackets, kMode>(a, a_stride, b + col, b_stride, depth, c + col,
-                                             c_stride, row_scale);
+    micro_kernel<kRows, kTilePackets, kMode>(a, a_stride, b, col, depth, c + col, c_stride,
+                                             row_scale);
   }
   for (; col < columns; col += kPacketSize) {
-    micro_kernel<kRows, 1, kMode>(a, a_stride, b + col, b_stride, depth, c + col, c_stride,
-                                  row_scale);
+    micro_kernel<kRows, 1, kMode>(a, a_stride, b, col, depth, c + col, c_stride, row_scale);
   }
 }
 
@@ -111,17 +168,14 @@ EIGEN_ALWAYS_INLINE void dispatch_rows(Index rows, Fn&& fn) {
   }
 }
 
-/// Row scales of 1, for a product that only accumulates.
-inline constexpr float kOnes[6] = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
-
-/// Computes `rows` (at most kTileRows) rows of C with the micro-kernel.
-template <Accumulate kMode>
-inline void gemm_rows(Index rows, const float* a, Index a_stride, const float* b, Index b_stride,
-                      Index depth, float* c, Index c_stride, Index columns,
-                      const float* row_scale) {
+/// Computes `rows` (at most kTileRows) rows of C = A.B (or diag(row_scale).C + A.B) with the
+/// micro-kernel; B is a PackedRows or a SourceRows.
+template <Accumulate kMode, class BRows>
+inline void gemm_rows(Index rows, const float* a, Index a_stride, const BRows& b, Index depth,
+                      float* c, Index c_stride, Index columns, const float* row_scale) {
   dispatch_rows(rows, [&](auto rows_tag) {
-    row_panel<decltype(rows_tag)::value, kMode>(a, a_stride, b, b_stride, depth, c, c_stride,
-                                                columns, row_scale);
+    row_panel<decltype(rows_tag)::value, kMode>(a, a_stride, b, depth, c, c_stride, columns,
+                                                row_scale);
   });
 }
 

@@ -27,10 +27,16 @@ inline constexpr bool kSoftwarePrefetch = sizeof(T) < sizeof(float);
 /// Requests the `bytes` bytes at `row` (if not null) into the cache ahead of their use. A decode
 /// step does little arithmetic per byte, and the hardware prefetchers alone keep too few lines in
 /// flight for one core to reach its share of DRAM bandwidth.
+/// \tparam kLocality 3 brings the lines to L1 (prefetcht0), 2 to L2 (prefetcht1).
+template <int kLocality = 3>
 EIGEN_ALWAYS_INLINE void prefetch_row(const void* row, Index bytes) {
   const char* at = static_cast<const char*>(row);
   if (at == nullptr) return;
+#if defined(__GNUC__)
+  for (Index offset = 0; offset < bytes; offset += 64) __builtin_prefetch(at + offset, 0, kLocality);
+#else
   for (Index offset = 0; offset < bytes; offset += 64) Eigen::internal::prefetch(at + offset);
+#endif
 }
 
 /// Scores of kRows query rows against `count` keys: scores[r * score_stride + c] =
@@ -81,53 +87,24 @@ void dot_scores(const float* q, Index dk, const T* const* k, const float* key_sc
   for (; c < count; ++c) block(std::integral_constant<int, 1>{});
 }
 
-/// Accumulates O = diag(rescale) O + P V for kRows rows with V read straight from the cache, one
-/// packet load per element (int8 scales folded into p).
-///   p: [kRows, count] (row stride p_stride); v: count row pointers of dv elements;
-///   value_scale: [count]; prefetch: count row pointers (entries may be null), or null;
-///   o: [kRows, dv] (row stride o_stride, aligned), dv a multiple of kPacketSize.
-template <int kRows, class T>
-void direct_pv(const float* p, Index p_stride, const T* const* v, const float* value_scale,
-               Index count, const T* const* prefetch, Index dv, float* o, Index o_stride,
-               const float* rescale) {
-  using namespace Eigen::internal;
-  const Index row_bytes = dv * static_cast<Index>(sizeof(T));
-  const auto panel = [&](Index col, auto packets_tag) {
-    constexpr int kPackets = decltype(packets_tag)::value;
-    Packet acc[kRows][kPackets];
-    HEADROOM_UNROLL
-    for (int r = 0; r < kRows; ++r) {
-      HEADROOM_UNROLL
-      for (int j = 0; j < kPackets; ++j) {
-        acc[r][j] = pmul(pload<Packet>(o + r * o_stride + col + j * kPacketSize),
-                         pset1<Packet>(rescale[r]));
-      }
-    }
-    for (Index c = 0; c < count; ++c) {
-      // The first panel brings each row into L1; later panels find it there.
-      if (col == 0 && prefetch != nullptr) prefetch_row(prefetch[c], row_bytes);
-      Packet v_c[kPackets];
-      HEADROOM_UNROLL
-      for (int j = 0; j < kPackets; ++j) v_c[j] = load_packet(v[c] + col + j * kPacketSize);
-      HEADROOM_UNROLL
-      for (int r = 0; r < kRows; ++r) {
-        const Packet p_rc = pset1<Packet>(p[r * p_stride + c] * value_scale[c]);
-        HEADROOM_UNROLL
-        for (int j = 0; j < kPackets; ++j) acc[r][j] = pmadd(p_rc, v_c[j], acc[r][j]);
-      }
-    }
-    HEADROOM_UNROLL
-    for (int r = 0; r < kRows; ++r) {
-      HEADROOM_UNROLL
-      for (int j = 0; j < kPackets; ++j) {
-        pstore(o + r * o_stride + col + j * kPacketSize, acc[r][j]);
-      }
-    }
-  };
-  constexpr Index kPanel = kTilePackets * kPacketSize;
-  Index col = 0;
-  for (; col + kPanel <= dv; col += kPanel) panel(col, std::integral_constant<int, kTilePackets>{});
-  for (; col < dv; col += kPacketSize) panel(col, std::integral_constant<int, 1>{});
-}
+/// The B operand of the micro-kernel read straight from a KV source: row k at rows[k], converted
+/// to f32 as it is loaded, its int8 scale folded into A; rows `ahead[k]` (if given) are requested
+/// from memory meanwhile.
+template <class T>
+struct SourceRows {
+  const T* const* rows;
+  const float* scales;
+  const T* const* ahead;  // or null
+  Index row_bytes;
+
+  EIGEN_ALWAYS_INLINE Packet load(Index k, Index col) const { return load_packet(rows[k] + col); }
+  EIGEN_ALWAYS_INLINE float scale(Index k) const {
+    if constexpr (kHasScale<T>) return scales[k];
+    return 1.0f;
+  }
+  EIGEN_ALWAYS_INLINE void prefetch(Index k) const {
+    if (ahead != nullptr) prefetch_row(ahead[k], row_bytes);
+  }
+};
 
 }  // namespace headroom::detail
