@@ -304,7 +304,7 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
     }
     if (!shape.streamed) {
       pack_kv_tile(tile, source.k_dim_stride(), source.v_dim_stride(), shape, scratch);
-    } else if constexpr (kSoftwarePrefetch<Element>) {
+    } else {
       tile.look_ahead(next, prefetch_distance);
     }
 
@@ -330,8 +330,7 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       if (shape.streamed) {
         dispatch_rows(block_rows, [&](auto rows_tag) {
           dot_scores<decltype(rows_tag)::value>(q_rows, dk, tile.k, tile.k_scale, tile.count,
-                                                kSoftwarePrefetch<Element> ? tile.k_ahead : nullptr,
-                                                scores, kKeyTile);
+                                                tile.k_ahead, scores, kKeyTile);
         });
       } else {
         gemm_rows<Accumulate::kOverwrite>(block_rows, q_rows, dk,
@@ -362,7 +361,7 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       if (shape.v_direct) {
         const SourceRows<Element> v_rows{
             tile.v, tile.v_scale,
-            shape.streamed && kSoftwarePrefetch<Element> ? tile.v_ahead : nullptr,
+            shape.streamed ? tile.v_ahead : nullptr,
             dv * static_cast<Index>(sizeof(Element))};
         gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, scores, kKeyTile, v_rows,
                                               block_end - k0, o_rows, dv_pad, dv,
