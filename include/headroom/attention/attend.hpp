@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "headroom/attention/kv_source.hpp"
@@ -84,10 +85,10 @@ struct TileScratch {
   Buffer k_t;        // [head_dim_k, kKeyTile], the K tile transposed, zero past the last key
   Buffer v;          // [kKeyTile, head_dim_v_padded], zero past the last key and past head_dim_v
   Buffer o;          // [rows_per_item, head_dim_v_padded], unnormalised output accumulator
-  Buffer scores;     // [kTileRows, kKeyTile], logits and then probabilities of one row block
+  Buffer scores;     // [rows_per_item, kKeyTile], logits and then probabilities of one tile
   Buffer row_max;    // [rows_per_item], running max m of each row's logits
   Buffer row_sum;    // [rows_per_item], running sum l of exp(logit - m)
-  Buffer rescale;    // [kTileRows], exp(m_old - m_new) of the current row block
+  Buffer rescale;    // [rows_per_item], exp(m_old - m_new) for the current tile
   LinePrefetcher prefetcher;  // the next tile's rows, requested while this one is computed
 
   explicit TileScratch(const TileShape& shape)
@@ -95,10 +96,10 @@ struct TileScratch {
         k_t(shape.head_dim_k * kKeyTile),
         v(kKeyTile * shape.head_dim_v_padded),
         o(shape.rows_per_item * shape.head_dim_v_padded),
-        scores(kTileRows * kKeyTile),
+        scores(shape.rows_per_item * kKeyTile),
         row_max(shape.rows_per_item),
         row_sum(shape.rows_per_item),
-        rescale(kTileRows) {}
+        rescale(shape.rows_per_item) {}
 };
 
 /// Folds one block of logits into the running softmax state of its rows (DESIGN.md, "Online
@@ -318,14 +319,20 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       }
       prefetcher = &scratch.prefetcher;
     }
+    // The keys of this tile that rows [r0, r0 + block_rows) may see, empty when all are masked.
+    const auto block_keys = [&](Index r0, Index block_rows) {
+      return std::pair<Index, Index>(std::max(k0, keys.first(position(r0))),
+                                     std::min(k1, keys.end(position(r0 + block_rows - 1))));
+    };
+    // Two passes over the row blocks: all scores and their softmax first, while only the K tile
+    // is needed in L1, then all of P.V, while only the V tile is. (Both tiles together would not
+    // fit in L1: 64 keys x 128 dims x 2 x 4 bytes is 64 KiB.)
     for (Index r0 = 0; r0 < rows; r0 += kTileRows) {
       const Index block_rows = std::min<Index>(kTileRows, rows - r0);
-      const Index pos_lo = position(r0), pos_hi = position(r0 + block_rows - 1);
-      const Index block_first = std::max(k0, keys.first(pos_lo));
-      const Index block_end = std::min(k1, keys.end(pos_hi));
+      const auto [block_first, block_end] = block_keys(r0, block_rows);
       if (block_first >= block_end) continue;  // the whole block is masked in this tile
 
-      float* scores = scratch.scores.data();
+      float* scores = scratch.scores.data() + r0 * kKeyTile;
       const float* q_rows = scratch.q.data() + r0 * dk;
       if (shape.streamed) {
         dispatch_rows(block_rows, [&](auto rows_tag) {
@@ -342,6 +349,7 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
         auto s = Eigen::Map<Eigen::ArrayXf>(scores, block_rows * kKeyTile);
         s = options.softcap * (s * (1.0f / options.softcap)).tanh();
       }
+      const Index pos_lo = position(r0), pos_hi = position(r0 + block_rows - 1);
       const bool block_unmasked = k0 >= keys.first(pos_hi) && k1 <= keys.end(pos_lo) &&
                                   k1 - k0 == kKeyTile;
       if (!block_unmasked) {
@@ -355,22 +363,26 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
         }
       }
       online_softmax_update(block_rows, scores, scratch.row_max.data() + r0,
-                            scratch.row_sum.data() + r0, scratch.rescale.data());
+                            scratch.row_sum.data() + r0, scratch.rescale.data() + r0);
+    }
+    for (Index r0 = 0; r0 < rows; r0 += kTileRows) {
+      const Index block_rows = std::min<Index>(kTileRows, rows - r0);
+      const auto [block_first, block_end] = block_keys(r0, block_rows);
+      if (block_first >= block_end) continue;
       // Probabilities past block_end are zero: the P.V depth stops there.
+      const float* probabilities = scratch.scores.data() + r0 * kKeyTile;
       float* o_rows = scratch.o.data() + r0 * dv_pad;
+      const float* rescale = scratch.rescale.data() + r0;
       if (shape.v_direct) {
-        const SourceRows<Element> v_rows{
-            tile.v, tile.v_scale,
-            shape.streamed ? tile.v_ahead : nullptr,
-            dv * static_cast<Index>(sizeof(Element))};
-        gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, scores, kKeyTile, v_rows,
-                                              block_end - k0, o_rows, dv_pad, dv,
-                                              scratch.rescale.data());
+        const SourceRows<Element> v_rows{tile.v, tile.v_scale,
+                                         shape.streamed ? tile.v_ahead : nullptr,
+                                         dv * static_cast<Index>(sizeof(Element))};
+        gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, probabilities, kKeyTile, v_rows,
+                                              block_end - k0, o_rows, dv_pad, dv, rescale);
       } else {
-        gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, scores, kKeyTile,
+        gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, probabilities, kKeyTile,
                                               PackedRows{scratch.v.data(), dv_pad, prefetcher},
-                                              block_end - k0, o_rows, dv_pad, dv_pad,
-                                              scratch.rescale.data());
+                                              block_end - k0, o_rows, dv_pad, dv_pad, rescale);
       }
     }
     if (prefetcher != nullptr) prefetcher->finish();
