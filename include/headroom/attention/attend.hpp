@@ -122,6 +122,13 @@ inline void online_softmax_update(Index rows, float* scores, float* row_max, flo
     reference[r] = new_max == kNegInf ? 0.0f : new_max;
     old_max[r] = row_max[r];
     row_max[r] = new_max;
+    if (new_max == kNegInf) {
+      // No visible key yet. Some vector exps clamp their argument (SSE's, to -88), so exp(-inf)
+      // is not reliably 0: write the zero probabilities out rather than compute them.
+      std::fill(s, s + kKeyTile, 0.0f);
+      sums[r] = 0.0f;
+      continue;
+    }
     const Packet shift = pset1<Packet>(reference[r]);
     Packet sum = pset1<Packet>(0.0f);
     for (int p = 0; p < kPackets; ++p) {
@@ -134,6 +141,7 @@ inline void online_softmax_update(Index rows, float* scores, float* row_max, flo
   alignas(64) float factors[kPacketSize];
   pstore(factors, pexp(psub(pload<Packet>(old_max), pload<Packet>(reference))));
   for (Index r = 0; r < rows; ++r) {
+    if (old_max[r] == kNegInf) factors[r] = 0.0f;  // nothing accumulated yet; same clamp caveat
     rescale[r] = factors[r];
     row_sum[r] = row_sum[r] * factors[r] + sums[r];
   }
