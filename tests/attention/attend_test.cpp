@@ -282,6 +282,50 @@ TEST(AttendTest, ResultsAreBitIdenticalForEveryThreadCount) {
   }
 }
 
+TEST(AttendTest, DimMajorKeysAndValuesAcrossSeveralTiles) {
+  // K and V stored [head_dim, kv_len] (dim stride = kv_len): every element is gathered.
+  std::mt19937 rng(43);
+  const Index kv_len = 150, dim = 32, heads = 2;
+  std::vector<float> k = reference::random_vector(dim * kv_len, rng);
+  std::vector<float> v = reference::random_vector(dim * kv_len, rng);
+  Tensor q(1, 5, heads, dim, Layout::kBshd, rng), out(1, 5, heads, dim, Layout::kBshd, rng);
+  const TensorView<const float> k_view{k.data(), 1, kv_len, 1, dim, 0, 1, 0, kv_len};
+  const TensorView<const float> v_view{v.data(), 1, kv_len, 1, dim, 0, 1, 0, kv_len};
+  AttentionOptions options;
+  options.mask = Mask::causal();
+  attend(q.view, k_view, v_view, out.view, options);
+  const reference::Result expected = reference::attend(q.view, k_view, v_view, options);
+  for (Index i = 0; i < 5; ++i) {
+    for (Index h = 0; h < heads; ++h) {
+      for (Index d = 0; d < dim; ++d) {
+        ASSERT_NEAR(out.view(0, i, h, d), expected.out[(i * heads + h) * dim + d], 1e-5);
+      }
+    }
+  }
+}
+
+TEST(AttendTest, ExtremeWindowAndSplitCountsAreSafe) {
+  // Regressions: pos - window overflowed for a huge window; a huge split count allocated
+  // partial results for every split.
+  std::mt19937 rng(47);
+  Tensor q(1, 9, 2, 16, Layout::kBshd, rng), k(1, 7, 1, 16, Layout::kBshd, rng);
+  Tensor v(1, 7, 1, 16, Layout::kBshd, rng), out(1, 9, 2, 16, Layout::kBshd, rng);
+  AttentionOptions options;
+  options.mask = Mask::sliding_window(std::numeric_limits<Index>::max());
+  options.kv_splits = Index{1} << 40;
+  attend(q.view, k.view, v.view, out.view, options);
+  options.kv_splits = 0;
+  options.mask = Mask::causal();  // the same keys: the window covers everything
+  std::vector<float> causal(out.storage.size());
+  const TensorView<float> causal_view{causal.data(), 1, 9, 2, 16, 0, 32, 16, 1};
+  attend(q.view, k.view, v.view, causal_view, options);
+  for (Index i = 0; i < 9; ++i) {
+    for (Index h = 0; h < 2; ++h) {
+      for (Index d = 0; d < 16; ++d) EXPECT_NEAR(out.view(0, i, h, d), causal_view(0, i, h, d), 1e-6);
+    }
+  }
+}
+
 TEST(AttendTest, CustomScaleIsApplied) {
   std::mt19937 rng(37);
   Tensor q(1, 4, 2, 8, Layout::kBshd, rng), k(1, 9, 2, 8, Layout::kBshd, rng);

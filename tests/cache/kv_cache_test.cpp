@@ -314,7 +314,7 @@ TEST(KvCacheTest, RejectedCallsLeaveTheCacheUnchanged) {
   Tokens bad(1, 2, dim, rng);
   bad.data[7] = std::numeric_limits<float>::infinity();
   expect_error([&] { cache.append(1, bad.all(), bad.all()); },
-               "k[0, 0, 0, 7] (inf) is not finite; an int8 cache cannot quantise it");
+               "k[0, 0, 0, 7] (inf) is outside the range of the int8 cache");
   expect_error([&] { cache.truncate(0, 9); }, "new_length (9) is outside [0, 8]");
   expect_error([&] { static_cast<void>(cache.view({2})); }, "sequence id 2 (at 0) does not exist");
   unchanged();
@@ -369,6 +369,55 @@ TEST(PagedKvCacheTest, RejectedCallsLeaveTheCacheUnchanged) {
     attend(TensorView<const float>::bshd(q_data.data(), 1, 1, 1, dim), short_view,
            TensorView<float>::bshd(out.data(), 1, 1, 1, dim));
   }, "sequence 0 has length 6 but its block table holds 1 blocks of 4 tokens");
+}
+
+TEST(KvCacheTest, Int8QuantisesRowsNearTheSmallestFloats) {
+  // Regression: 1 / scale overflowed to inf for such rows, turning 0 into NaN (UB when cast).
+  const float row[4] = {1e-38f, 2.5e-39f, 0.0f, -1.25e-39f};
+  KvCache<std::int8_t> cache(KvCacheConfig{1, 4, 4, 1, 2, false});
+  const auto view = TensorView<const float>::bshd(row, 1, 1, 1, 4);
+  cache.append(0, view, view);
+  const auto source = cache.view({0});
+  const std::int8_t* stored = source.k_row(0, 0, 0);
+  EXPECT_EQ(stored[0], 127);
+  EXPECT_EQ(stored[1], 32);
+  EXPECT_EQ(stored[2], 0);
+  EXPECT_EQ(stored[3], -16);
+}
+
+TEST(KvCacheTest, HalfCacheRejectsValuesBeyondItsRange) {
+  KvCache<Eigen::half> cache(KvCacheConfig{1, 2, 2, 1, 4, false});
+  const float row[2] = {1.0f, 70000.0f};
+  const auto view = TensorView<const float>::bshd(row, 1, 1, 1, 2);
+  expect_error([&] { cache.append(0, view, view); },
+               "k[0, 0, 0, 1] (70000) is outside the range of the f16 cache");
+  EXPECT_EQ(cache.length(0), 0);
+}
+
+TEST(KvCacheTest, SizesThatOverflowAreRejected) {
+  expect_error([&] { KvCache<float>(KvCacheConfig{1, 16, 16, 2, Index{1} << 59, false}); },
+               "is too large to address");
+  expect_error([&] { PagedKvCache<float>(PagedKvCacheConfig{1, 16, 16, Index{1} << 40, 1 << 30}); },
+               "overflows");
+}
+
+TEST(PagedKvCacheTest, SharersAppendingTogetherCopyTheSharedBlockOnce) {
+  std::mt19937 rng(37);
+  const Index dim = 4;
+  PagedKvCache<float> cache(PagedKvCacheConfig{1, dim, dim, 16, 2});
+  const Index a = cache.add_sequence();
+  Tokens prompt(10, 1, dim, rng);
+  cache.append(a, prompt.all(), prompt.all());
+  const Index b = cache.fork(a);
+  ASSERT_EQ(cache.free_blocks(), 1);
+  // One of the two sharers copies the half-full block, the other keeps it: one block is enough.
+  std::vector<float> next = reference::random_vector(2 * dim, rng);
+  const auto two = TensorView<const float>::bshd(next.data(), 2, 1, 1, dim);
+  cache.append({a, b}, two, two);
+  EXPECT_EQ(cache.free_blocks(), 0);
+  EXPECT_EQ(cache.length(a), 11);
+  EXPECT_EQ(cache.length(b), 11);
+  EXPECT_NE(cache.block_table(a)[0], cache.block_table(b)[0]);
 }
 
 }  // namespace

@@ -54,7 +54,8 @@ struct KeyInterval {
   Index kv_len;  // valid keys of this sequence
 
   Index first(Index pos) const {
-    return kind == MaskKind::kSlidingWindow ? std::max<Index>(0, pos - window + 1) : 0;
+    // pos - window + 1 written so that no window, however large, overflows.
+    return kind == MaskKind::kSlidingWindow && pos >= window ? pos - window + 1 : 0;
   }
   Index end(Index pos) const {
     return kind == MaskKind::kNone ? kv_len : std::clamp<Index>(pos + 1, 0, kv_len);
@@ -131,8 +132,11 @@ inline void online_softmax_update(Index rows, float* scores, float* row_max, flo
     }
     const Packet shift = pset1<Packet>(reference[r]);
     Packet sum = pset1<Packet>(0.0f);
+    const Packet neg_inf = pset1<Packet>(kNegInf);
     for (int p = 0; p < kPackets; ++p) {
-      const Packet e = pexp(psub(pload<Packet>(s + p * kPacketSize), shift));
+      const Packet logits = pload<Packet>(s + p * kPacketSize);
+      // Masked logits give exactly 0, also where the vector exp clamps -inf to a tiny number.
+      const Packet e = pand(pexp(psub(logits, shift)), pcmp_lt(neg_inf, logits));
       pstore(s + p * kPacketSize, e);
       sum = padd(sum, e);
     }
@@ -319,11 +323,13 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
 
     // The packed path's products request the next tile while they run (see LinePrefetcher).
     LinePrefetcher* prefetcher = nullptr;
-    if (!shape.streamed && next != nullptr) {
+    // Rows with a dim stride are scattered: no line list describes them.
+    if (!shape.streamed && next != nullptr && source.k_dim_stride() == 1 &&
+        source.v_dim_stride() == 1) {
       scratch.prefetcher.clear();
       for (Index c = 0; c < next->count; ++c) {
-        scratch.prefetcher.add(next->k[c], dk * source.k_dim_stride() * Index{sizeof(Element)});
-        scratch.prefetcher.add(next->v[c], dv * source.v_dim_stride() * Index{sizeof(Element)});
+        scratch.prefetcher.add(next->k[c], dk * Index{sizeof(Element)});
+        scratch.prefetcher.add(next->v[c], dv * Index{sizeof(Element)});
       }
       prefetcher = &scratch.prefetcher;
     }
@@ -561,8 +567,9 @@ TileShape validate_attend(const TensorView<const float>& q, const Source& kv,
   shape.tiles_per_sequence = (q.seq + shape.positions_per_item - 1) / shape.positions_per_item;
   const Index groups =
       std::max<Index>(1, shape.batch * shape.num_kv_heads * shape.tiles_per_sequence);
+  const Index max_splits = std::max<Index>(1, (shape.kv_len + kKeyTile - 1) / kKeyTile);
   if (options.kv_splits > 0) {
-    shape.num_splits = options.kv_splits;
+    shape.num_splits = std::min(options.kv_splits, max_splits);  // more would all be empty
   } else if (groups >= kSplitBelowItems) {
     shape.num_splits = 1;
   } else {

@@ -47,7 +47,7 @@ struct AttentionOptions {
   int num_threads = 0;
   /// Key ranges each (sequence, kv head, query block) is split into and merged by LSE
   /// (flash-decoding); 0 chooses from the shapes alone: only when there are too few work items
-  /// to keep the threads busy, as in decode.
+  /// to keep the threads busy, as in decode. Capped at one split per 64-key tile.
   Index kv_splits = 0;
 };
 

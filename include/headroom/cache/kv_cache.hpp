@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "headroom/cache/kv_rows.hpp"
@@ -197,6 +198,12 @@ class KvCache {
                    ") must be positive");
     HEADROOM_CHECK(config.capacity > 0, kWhere, "capacity (", config.capacity,
                    ") must be positive");
+    HEADROOM_CHECK(config.capacity <= std::numeric_limits<Index>::max() / config.num_sequences,
+                   kWhere, "num_sequences (", config.num_sequences, ") x capacity (",
+                   config.capacity, ") overflows");
+    detail::check_cache_size<T>(kWhere, "num_sequences x capacity",
+                                config.num_sequences * config.capacity, config.num_kv_heads,
+                                config.head_dim_k, config.head_dim_v);
     return config;
   }
 

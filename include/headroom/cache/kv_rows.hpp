@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "headroom/core/element.hpp"
@@ -143,21 +144,38 @@ void check_append_tensors(const char* where, const TensorView<const float>& k,
                  ") differs from the cache's head_dim_k (", head_dim_k, ")");
   HEADROOM_CHECK(v.dim == head_dim_v, where, "v.dim (", v.dim,
                  ") differs from the cache's head_dim_v (", head_dim_v, ")");
-  if constexpr (kHasScale<T>) {
+  // int8 rows need a finite scale; f16 turns anything beyond its range into inf. Either would
+  // change the answer silently, so such values are refused before anything is written.
+  if constexpr (kHasScale<T> || std::is_same_v<T, Eigen::half>) {
+    constexpr float kLimit =
+        kHasScale<T> ? std::numeric_limits<float>::max() : 65504.0f;  // largest finite f16
     for (const TensorView<const float>* x : {&k, &v}) {
       for (Index b = 0; b < x->batch; ++b) {
         for (Index s = 0; s < x->seq; ++s) {
           for (Index h = 0; h < x->heads; ++h) {
             for (Index d = 0; d < x->dim; ++d) {
-              HEADROOM_CHECK(std::isfinite((*x)(b, s, h, d)), where, x == &k ? "k" : "v", "[", b,
-                             ", ", s, ", ", h, ", ", d, "] (", (*x)(b, s, h, d),
-                             ") is not finite; an int8 cache cannot quantise it");
+              const float value = (*x)(b, s, h, d);
+              HEADROOM_CHECK(std::abs(value) <= kLimit, where, x == &k ? "k" : "v", "[", b, ", ",
+                             s, ", ", h, ", ", d, "] (", value, ") is outside the range of the ",
+                             element_name<T>(), " cache (|x| <= ", kLimit, ")");
             }
           }
         }
       }
     }
   }
+}
+
+/// Checks that a cache of `num_rows` rows of num_kv_heads x (head_dim_k + head_dim_v) elements of
+/// T can be addressed without overflowing Index.
+template <class T>
+void check_cache_size(const char* where, const char* rows_name, Index num_rows,
+                      Index num_kv_heads, Index head_dim_k, Index head_dim_v) {
+  const Index limit = std::numeric_limits<Index>::max() / static_cast<Index>(sizeof(T)) / 4;
+  const Index per_row = num_kv_heads * (head_dim_k + head_dim_v);
+  HEADROOM_CHECK(num_kv_heads <= limit / (head_dim_k + head_dim_v) && num_rows <= limit / per_row,
+                 where, rows_name, " (", num_rows, " tokens of ", num_kv_heads, " heads x ",
+                 head_dim_k, "+", head_dim_v, " dims) is too large to address");
 }
 
 /// Checks that sequence ids are distinct and each satisfies `exists`.

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <vector>
 
@@ -147,8 +148,7 @@ class PagedKvCache {
     detail::check_sequence_ids(kWhere, sequence_ids, [&](Index id) { return has_sequence(id); });
     detail::check_append_tensors<T>(kWhere, k, v, static_cast<Index>(sequence_ids.size()),
                                     config_.num_kv_heads, config_.head_dim_k, config_.head_dim_v);
-    Index blocks_needed = 0;
-    for (Index id : sequence_ids) blocks_needed += new_blocks_for(sequences_.at(id), k.seq);
+    const Index blocks_needed = blocks_needed_for(sequence_ids, k.seq);
     HEADROOM_CHECK(blocks_needed <= static_cast<Index>(free_.size()), kWhere, "appending ",
                    k.seq, " tokens to ", sequence_ids.size(), " sequences needs ", blocks_needed,
                    " free blocks but the pool has ", free_.size(), " of ", config_.num_blocks);
@@ -241,6 +241,12 @@ class PagedKvCache {
                    ") must be positive");
     HEADROOM_CHECK(config.num_blocks > 0, kWhere, "num_blocks (", config.num_blocks,
                    ") must be positive");
+    HEADROOM_CHECK(config.block_size <= std::numeric_limits<Index>::max() / config.num_blocks,
+                   kWhere, "num_blocks (", config.num_blocks, ") x block_size (",
+                   config.block_size, ") overflows");
+    detail::check_cache_size<T>(kWhere, "num_blocks x block_size",
+                                config.num_blocks * config.block_size, config.num_kv_heads,
+                                config.head_dim_k, config.head_dim_v);
     return config;
   }
 
@@ -253,15 +259,25 @@ class PagedKvCache {
     return const_cast<Sequence&>(static_cast<const PagedKvCache&>(*this).sequence(where, id));
   }
 
-  /// Returns how many blocks appending `count` tokens to `seq` takes from the pool, counting the
-  /// copy of a shared last block.
-  Index new_blocks_for(const Sequence& seq, Index count) const {
+  /// Returns how many blocks appending `count` tokens to each of `ids` takes from the pool: the
+  /// new blocks, plus a copy of each shared, partly filled last block for every sharer that
+  /// writes into it, except that when all of a block's sharers write, the last one keeps it.
+  Index blocks_needed_for(const std::vector<Index>& ids, Index count) const {
     if (count == 0) return 0;
-    const Index have = static_cast<Index>(seq.blocks.size());
-    const Index need = (seq.length + count + config_.block_size - 1) / config_.block_size;
-    const bool copies_last = seq.length % config_.block_size != 0 &&
-                             references_[seq.blocks.back()] > 1;
-    return need - have + (copies_last ? 1 : 0);
+    Index needed = 0;
+    std::map<Index, Index> writers;  // shared partly filled last block -> sharers in this call
+    for (Index id : ids) {
+      const Sequence& seq = sequences_.at(id);
+      const Index have = static_cast<Index>(seq.blocks.size());
+      needed += (seq.length + count + config_.block_size - 1) / config_.block_size - have;
+      if (seq.length % config_.block_size != 0 && references_[seq.blocks.back()] > 1) {
+        ++writers[seq.blocks.back()];
+      }
+    }
+    for (const auto& [block, sharers] : writers) {
+      needed += sharers < references_[block] ? sharers : sharers - 1;
+    }
+    return needed;
   }
 
   Index take_block() {

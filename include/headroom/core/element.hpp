@@ -42,64 +42,6 @@ constexpr const char* element_name() {
 
 namespace detail {
 
-/// Writes dst[i] = scale * float(src[i]) for i < count (scale is 1 for non-int8 types).
-template <class T>
-inline void to_float(const T* src, Index count, float scale, float* dst) {
-  static_assert(kIsKvElement<T>, "to_float: not a KV element type.");
-  Index i = 0;
-  if constexpr (std::is_same_v<T, float>) {
-    // Inline packet copies: rows are a few hundred bytes, too short to pay for a memcpy call.
-    static_cast<void>(scale);
-    using Packet = Eigen::internal::packet_traits<float>::type;
-    constexpr Index kSize = Eigen::internal::packet_traits<float>::size;
-    for (; i + kSize <= count; i += kSize) {
-      Eigen::internal::pstoreu(dst + i, Eigen::internal::ploadu<Packet>(src + i));
-    }
-    for (; i < count; ++i) dst[i] = src[i];
-  } else if constexpr (std::is_same_v<T, Eigen::bfloat16>) {
-    static_cast<void>(scale);
-    // bf16 is the top half of an f32: widen and shift.
-#if defined(__AVX512F__)
-    for (; i + 16 <= count; i += 16) {
-      const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
-      _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(
-                                    _mm512_cvtepu16_epi32(bits), 16)));
-    }
-#elif defined(__AVX2__)
-    for (; i + 8 <= count; i += 8) {
-      const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-      _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(
-                                    _mm256_cvtepu16_epi32(bits), 16)));
-    }
-#endif
-    for (; i < count; ++i) dst[i] = static_cast<float>(src[i]);
-  } else if constexpr (std::is_same_v<T, Eigen::half>) {
-    static_cast<void>(scale);
-#if defined(__AVX512F__)
-    for (; i + 16 <= count; i += 16) {
-      _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(
-                                    reinterpret_cast<const __m256i*>(src + i))));
-    }
-#elif defined(__F16C__)
-    for (; i + 8 <= count; i += 8) {
-      _mm256_storeu_ps(dst + i,
-                       _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-    }
-#endif
-    for (; i < count; ++i) dst[i] = static_cast<float>(src[i]);
-  } else {
-#if defined(__AVX512F__)
-    const __m512 scales = _mm512_set1_ps(scale);
-    for (; i + 16 <= count; i += 16) {
-      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-      _mm512_storeu_ps(dst + i,
-                       _mm512_mul_ps(scales, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))));
-    }
-#endif
-    for (; i < count; ++i) dst[i] = scale * static_cast<float>(src[i]);
-  }
-}
-
 /// Loads kPacketSize consecutive elements of type T as one f32 packet, converting in registers:
 /// the widening instructions of AVX-512 (bf16 by a shift, f16 by vcvtph2ps, int8 by vpmovsxbd) or
 /// AVX2/F16C where available, a scalar conversion otherwise. The int8 scale is applied by callers.
@@ -158,9 +100,10 @@ template <class T>
 inline void from_float(const float* src, Index count, float scale, T* dst) {
   static_assert(kIsKvElement<T>, "from_float: not a KV element type.");
   if constexpr (std::is_same_v<T, std::int8_t>) {
-    const float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
+    // Divide rather than multiply by 1 / scale: for rows near the smallest floats the reciprocal
+    // overflows to inf. A zero scale (an all-zero or underflowing row) stores zeros.
     for (Index i = 0; i < count; ++i) {
-      const float q = std::nearbyint(src[i] * inverse);
+      const float q = scale > 0.0f ? std::nearbyint(src[i] / scale) : 0.0f;
       dst[i] = static_cast<std::int8_t>(std::clamp(q, -127.0f, 127.0f));
     }
   } else {
