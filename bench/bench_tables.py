@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Turns headroom_bench's JSON output into the Markdown tables of the README.
+
+Usage: headroom_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+           --benchmark_out=bench.json --benchmark_out_format=json
+       python3 bench/bench_tables.py bench.json
+Medians are used when the run has repetitions.
+"""
+import json
+import re
+import sys
+
+
+def medians(path):
+    """Returns {benchmark name without suffixes: run} for median aggregates or plain runs."""
+    runs = json.load(open(path))["benchmarks"]
+    have_aggregates = any(r.get("run_type") == "aggregate" for r in runs)
+    result = {}
+    for run in runs:
+        if have_aggregates and run.get("aggregate_name") != "median":
+            continue
+        name = re.sub(r"/(real_time|manual_time)(_median)?$", "", run["run_name"])
+        result[name] = run
+    return result
+
+
+def fmt(value, digits=2):
+    return f"{value:.{digits}f}"
+
+
+def main(path):
+    runs = medians(path)
+    print("| probe | threads | value |")
+    print("|---|---|---|")
+    for threads in (1, 2):
+        fma = runs.get(f"BM_PeakFma/threads:{threads}")
+        if fma:
+            print(f"| FP32 FMA peak | {threads} | {fmt(fma['FLOPS'] / 1e9, 1)} GFLOP/s |")
+        best = max((r["bytes_per_second"] for n, r in runs.items()
+                    if n.startswith(f"BM_ReadBandwidth/threads:{threads}/")), default=None)
+        if best:
+            print(f"| DRAM read (best of 1/2/4 streams) | {threads} | {fmt(best / 1e9, 1)} GB/s |")
+
+    print()
+    print("| prefill, causal, B=1, Hq=32, D=128 | S | threads | ms | GFLOP/s | roof | vs naive |")
+    print("|---|---|---|---|---|---|---|")
+    for name, run in runs.items():
+        m = re.match(r"BM_Prefill/(\w+)/S:(\d+)/threads:(\d+)$", name)
+        if not m:
+            continue
+        naive = runs.get(name.replace("BM_Prefill/", "BM_PrefillNaive/"))
+        ratio = naive["real_time"] / run["real_time"] if naive else float("nan")
+        print(f"| {m[1]} | {m[2]} | {m[3]} | {fmt(run['real_time'], 1)} | "
+              f"{fmt(run['FLOPS'] / 1e9, 1)} | {fmt(run['roof'])} | {fmt(ratio, 1)}x |")
+
+    print()
+    print("| decode, B=1, Hq=32, D=128 | type | cache | threads | us/step | tok/s | GB/s | roof |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, run in runs.items():
+        m = re.match(r"BM_Decode/(\w+)/(\w+)/kv:(\d+)/threads:(\d+)$", name)
+        if not m:
+            continue
+        print(f"| {m[2]} | {m[1]} | {m[3]} | {m[4]} | {fmt(run['real_time'], 0)} | "
+              f"{fmt(run['tok_s'], 0)} | {fmt(run['bytes_per_second'] / 1e9, 1)} | "
+              f"{fmt(run['roof'])} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
