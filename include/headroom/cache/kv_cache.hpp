@@ -188,22 +188,9 @@ class KvCache {
   static KvCacheConfig validated(KvCacheConfig config) {
     constexpr const char* kWhere = "KvCache";
     if (config.head_dim_v == 0) config.head_dim_v = config.head_dim_k;
-    HEADROOM_CHECK(config.num_kv_heads > 0, kWhere, "num_kv_heads (", config.num_kv_heads,
-                   ") must be positive");
-    HEADROOM_CHECK(config.head_dim_k > 0, kWhere, "head_dim_k (", config.head_dim_k,
-                   ") must be positive");
-    HEADROOM_CHECK(config.head_dim_v > 0, kWhere, "head_dim_v (", config.head_dim_v,
-                   ") must be positive (or 0 for head_dim_k)");
-    HEADROOM_CHECK(config.num_sequences > 0, kWhere, "num_sequences (", config.num_sequences,
-                   ") must be positive");
-    HEADROOM_CHECK(config.capacity > 0, kWhere, "capacity (", config.capacity,
-                   ") must be positive");
-    HEADROOM_CHECK(config.capacity <= std::numeric_limits<Index>::max() / config.num_sequences,
-                   kWhere, "num_sequences (", config.num_sequences, ") x capacity (",
-                   config.capacity, ") overflows");
-    detail::check_cache_size<T>(kWhere, "num_sequences x capacity",
-                                config.num_sequences * config.capacity, config.num_kv_heads,
-                                config.head_dim_k, config.head_dim_v);
+    detail::check_cache_layout<T>(kWhere, config.num_kv_heads, config.head_dim_k,
+                                  config.head_dim_v, "num_sequences", config.num_sequences,
+                                  "capacity", config.capacity);
     return config;
   }
 

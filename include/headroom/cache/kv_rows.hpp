@@ -166,16 +166,27 @@ void check_append_tensors(const char* where, const TensorView<const float>& k,
   }
 }
 
-/// Checks that a cache of `num_rows` rows of num_kv_heads x (head_dim_k + head_dim_v) elements of
-/// T can be addressed without overflowing Index.
+/// Checks the sizes shared by every cache layout: positive heads and dims, and `rows_count` x
+/// `rows_size` tokens (sequences x capacity, or blocks x block size) of num_kv_heads x
+/// (head_dim_k + head_dim_v) elements of T addressable without overflowing Index.
 template <class T>
-void check_cache_size(const char* where, const char* rows_name, Index num_rows,
-                      Index num_kv_heads, Index head_dim_k, Index head_dim_v) {
+void check_cache_layout(const char* where, Index num_kv_heads, Index head_dim_k,
+                        Index head_dim_v, const char* count_name, Index count,
+                        const char* size_name, Index size) {
+  HEADROOM_CHECK(num_kv_heads > 0, where, "num_kv_heads (", num_kv_heads, ") must be positive");
+  HEADROOM_CHECK(head_dim_k > 0, where, "head_dim_k (", head_dim_k, ") must be positive");
+  HEADROOM_CHECK(head_dim_v > 0, where, "head_dim_v (", head_dim_v,
+                 ") must be positive (or 0 for head_dim_k)");
+  HEADROOM_CHECK(count > 0, where, count_name, " (", count, ") must be positive");
+  HEADROOM_CHECK(size > 0, where, size_name, " (", size, ") must be positive");
+  HEADROOM_CHECK(size <= std::numeric_limits<Index>::max() / count, where, count_name, " (",
+                 count, ") x ", size_name, " (", size, ") overflows");
   const Index limit = std::numeric_limits<Index>::max() / static_cast<Index>(sizeof(T)) / 4;
   const Index per_row = num_kv_heads * (head_dim_k + head_dim_v);
-  HEADROOM_CHECK(num_kv_heads <= limit / (head_dim_k + head_dim_v) && num_rows <= limit / per_row,
-                 where, rows_name, " (", num_rows, " tokens of ", num_kv_heads, " heads x ",
-                 head_dim_k, "+", head_dim_v, " dims) is too large to address");
+  HEADROOM_CHECK(num_kv_heads <= limit / (head_dim_k + head_dim_v) && count * size <= limit / per_row,
+                 where, count_name, " x ", size_name, " (", count * size, " tokens of ",
+                 num_kv_heads, " heads x ", head_dim_k, "+", head_dim_v,
+                 " dims) is too large to address");
 }
 
 /// Checks that sequence ids are distinct and each satisfies `exists`.

@@ -231,22 +231,9 @@ class PagedKvCache {
   static PagedKvCacheConfig validated(PagedKvCacheConfig config) {
     constexpr const char* kWhere = "PagedKvCache";
     if (config.head_dim_v == 0) config.head_dim_v = config.head_dim_k;
-    HEADROOM_CHECK(config.num_kv_heads > 0, kWhere, "num_kv_heads (", config.num_kv_heads,
-                   ") must be positive");
-    HEADROOM_CHECK(config.head_dim_k > 0, kWhere, "head_dim_k (", config.head_dim_k,
-                   ") must be positive");
-    HEADROOM_CHECK(config.head_dim_v > 0, kWhere, "head_dim_v (", config.head_dim_v,
-                   ") must be positive (or 0 for head_dim_k)");
-    HEADROOM_CHECK(config.block_size > 0, kWhere, "block_size (", config.block_size,
-                   ") must be positive");
-    HEADROOM_CHECK(config.num_blocks > 0, kWhere, "num_blocks (", config.num_blocks,
-                   ") must be positive");
-    HEADROOM_CHECK(config.block_size <= std::numeric_limits<Index>::max() / config.num_blocks,
-                   kWhere, "num_blocks (", config.num_blocks, ") x block_size (",
-                   config.block_size, ") overflows");
-    detail::check_cache_size<T>(kWhere, "num_blocks x block_size",
-                                config.num_blocks * config.block_size, config.num_kv_heads,
-                                config.head_dim_k, config.head_dim_v);
+    detail::check_cache_layout<T>(kWhere, config.num_kv_heads, config.head_dim_k,
+                                  config.head_dim_v, "num_blocks", config.num_blocks,
+                                  "block_size", config.block_size);
     return config;
   }
 
