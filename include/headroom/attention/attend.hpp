@@ -2,9 +2,10 @@
 // headroom::attend: one FlashAttention-style tiled kernel for MHA, GQA and MQA with any Dk, Dv.
 //
 // Read top to bottom: the key interval a mask allows each query, the per-thread scratch, the
-// online-softmax update of one block of rows, the packing of a K/V tile from any KV source, the walk
-// of one work item over its key tiles, the parallel driver with its split-KV merge, and the public
-// entry points that validate and dispatch head dims.
+// online-softmax update of one block of rows, the gathering and packing of a K/V tile from any KV
+// source, the walk of one work item over its key tiles (packed tiles for many rows, K and V
+// streamed straight from the source for the few rows of a decode step), the parallel driver with
+// its split-KV merge, and the public entry points that validate and dispatch head dims.
 #pragma once
 
 #include <Eigen/Core>
@@ -27,8 +28,9 @@
 namespace headroom {
 namespace detail {
 
-/// Keys per tile: one K tile, packed transposed, is 64 x Dk floats (32 KiB at Dk = 128), so it and
-/// the V tile stay in L2 while every row of the work item streams past them.
+/// Keys per tile: one K tile, packed transposed, is 64 x Dk floats (32 KiB at Dk = 128), which stays
+/// in L1 while every row block of the work item computes its scores against it (and then the V
+/// tile, while every row block accumulates P.V).
 inline constexpr Index kKeyTile = 64;
 /// Query rows per work item (query positions x heads of the group): enough rows to amortise
 /// packing each K/V tile once per group, few enough that the rows' Q and O stay in L2.
