@@ -72,7 +72,6 @@ struct TileShape {
   Index rows_per_item;       // positions_per_item * group_size
   Index tiles_per_sequence;  // work items along q_len
   Index num_splits;          // key ranges per work item, merged by LSE (1: no split)
-  Index keys_per_split;      // a multiple of kKeyTile
   /// Few rows per item (decode): K and V are read straight from the source into registers
   /// (stream_kernel.hpp) instead of being packed into f32 tiles that too few rows would reuse.
   bool streamed;
@@ -273,12 +272,14 @@ struct RowSink {
 /// position i0 + r / group_size, head kv_head * group_size + r % group_size (positions outermost,
 /// so a block of rows spans few positions and shares most of its mask).
 /// \tparam kDk, kDv head dims fixed at compile time, or kDynamicDim.
-/// Only keys in [key_begin, key_end) are visited: the item's split of the key range.
+/// With split keys (num_splits > 1), the keys the item's rows may see are cut into num_splits
+/// ranges of whole tiles and only range `split` is visited: splits follow the visible keys (a
+/// sliding window, a short sequence of the batch), not the whole cache.
 template <int kDk, int kDv, class Source>
 void attend_work_item(const TensorView<const float>& q, const Source& source,
                       const TensorView<float>& out, const AttentionOptions& options, float scale,
                       const TileShape& shape, Index b, Index kv_head, Index i0, Index i1,
-                      Index key_begin, Index key_end, const RowSink& sink, TileScratch& scratch) {
+                      Index split, const RowSink& sink, TileScratch& scratch) {
   const Index dk = kDk != kDynamicDim ? kDk : shape.head_dim_k;
   const Index dv = kDv != kDynamicDim ? kDv : shape.head_dim_v;
   const Index dv_pad = shape.head_dim_v_padded;
@@ -299,8 +300,15 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
   std::fill(scratch.row_max.begin(), scratch.row_max.begin() + rows, kNegInf);
   std::fill(scratch.row_sum.begin(), scratch.row_sum.begin() + rows, 0.0f);
 
-  const Index item_first = std::max(key_begin, keys.first(position(0)));
-  const Index item_end = std::min(key_end, keys.end(position(rows - 1)));
+  Index item_first = keys.first(position(0));
+  Index item_end = keys.end(position(rows - 1));
+  if (shape.num_splits > 1) {
+    const Index visible = std::max<Index>(0, item_end - item_first);
+    const Index per_split = (visible + shape.num_splits - 1) / shape.num_splits;
+    const Index chunk = std::max<Index>(1, (per_split + kKeyTile - 1) / kKeyTile) * kKeyTile;
+    item_first = std::min(item_end, item_first + split * chunk);
+    item_end = std::min(item_end, item_first + chunk);
+  }
   using Element = typename Source::Element;
   TileRows<Element> tile_rows[2];  // the current tile's rows and the next one's, for prefetching
   const Index prefetch_distance = std::max<Index>(
@@ -459,8 +467,7 @@ void attend_tiled(const TensorView<const float>& q, const Source& source,
       sink.partial_out = partial_out.data() + item * rows * dv;
       sink.partial_lse = partial_lse.data() + item * rows;
     }
-    attend_work_item<kDk, kDv>(q, source, out, options, scale, shape, b, kv_head, i0, i1,
-                               split * shape.keys_per_split, (split + 1) * shape.keys_per_split,
+    attend_work_item<kDk, kDv>(q, source, out, options, scale, shape, b, kv_head, i0, i1, split,
                                sink, scratch[static_cast<size_t>(thread)]);
   });
   if (shape.num_splits == 1) return;
@@ -586,8 +593,6 @@ TileShape validate_attend(const TensorView<const float>& q, const Source& kv,
   shape.v_direct = shape.head_dim_v % kPacketSize == 0 && kv.v_dim_stride() == 1 &&
                    (shape.streamed || (std::is_same_v<typename Source::Element, float> &&
                                        kv.v_rows_aligned(kPacketSize * sizeof(float))));
-  const Index per_split = (shape.kv_len + shape.num_splits - 1) / shape.num_splits;
-  shape.keys_per_split = std::max<Index>(1, (per_split + kKeyTile - 1) / kKeyTile) * kKeyTile;
   return shape;
 }
 
