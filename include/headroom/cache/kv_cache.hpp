@@ -33,17 +33,13 @@ class KvCache;
 /// The keys and values of some sequences of a KvCache, as a KV source for headroom::attend. Holds
 /// a pointer to the cache: valid while the cache lives and is not appended to.
 template <class T>
-class KvCacheView {
+class KvCacheView : public detail::KvRowsSource<T, KvCacheView<T>> {
  public:
-  using Element = T;
-
   KvCacheView(const KvCache<T>& cache, std::vector<Index> sequence_ids)
-      : cache_(&cache), ids_(std::move(sequence_ids)) {}
+      : detail::KvRowsSource<T, KvCacheView<T>>(cache.rows_), cache_(&cache),
+        ids_(std::move(sequence_ids)) {}
 
   Index batch() const { return static_cast<Index>(ids_.size()); }
-  Index num_kv_heads() const { return cache_->rows_.num_kv_heads(); }
-  Index head_dim_k() const { return cache_->rows_.head_dim_k(); }
-  Index head_dim_v() const { return cache_->rows_.head_dim_v(); }
   Index max_kv_len() const {
     Index longest = 0;
     for (Index id : ids_) longest = std::max(longest, cache_->length(id));
@@ -51,32 +47,19 @@ class KvCacheView {
   }
   Index kv_len(Index b) const { return cache_->length(ids_[b]); }
   Index first_readable(Index b) const { return cache_->first_readable(ids_[b]); }
-  const T* k_row(Index b, Index j, Index h) const { return cache_->rows_.k_row(row(b, j), h); }
-  const T* v_row(Index b, Index j, Index h) const { return cache_->rows_.v_row(row(b, j), h); }
-  const float* k_scales(Index b, Index j, Index h) const {
-    return cache_->rows_.k_scales(row(b, j), h);
-  }
-  const float* v_scales(Index b, Index j, Index h) const {
-    return cache_->rows_.v_scales(row(b, j), h);
-  }
   Index run_length(Index b, Index j) const {
     // A sequence's rows of one head are consecutive, up to the ring buffer's wrap.
     const Index capacity = cache_->config().capacity;
     static_cast<void>(b);
     return cache_->config().ring_buffer ? capacity - j % capacity : capacity - j;
   }
-  Index k_row_stride() const { return head_dim_k(); }
-  Index v_row_stride() const { return head_dim_v(); }
-  Index k_dim_stride() const { return 1; }
-  Index v_dim_stride() const { return 1; }
-  bool v_rows_aligned(Index alignment) const { return cache_->rows_.v_rows_aligned(alignment); }
-
   /// Checks that every sequence id exists and appears once.
   void validate(const char* where) const {
     detail::check_sequence_ids(where, ids_, [&](Index id) { return cache_->has_sequence(id); });
   }
 
  private:
+  friend class detail::KvRowsSource<T, KvCacheView<T>>;
   Index row(Index b, Index j) const { return cache_->row_of(ids_[b], j); }
 
   const KvCache<T>* cache_;

@@ -123,6 +123,36 @@ class KvRows {
   std::vector<float> v_scale_;   // same, int8 only
 };
 
+/// The part of the KV-source interface (attention/kv_source.hpp) that every cache view shares:
+/// rows come from one KvRows, contiguous along the head dim and head-major within a block. The
+/// view (Derived) maps (sequence b, key j) to a storage row with row(b, j).
+template <class T, class Derived>
+class KvRowsSource {
+ public:
+  using Element = T;
+
+  Index num_kv_heads() const { return rows_->num_kv_heads(); }
+  Index head_dim_k() const { return rows_->head_dim_k(); }
+  Index head_dim_v() const { return rows_->head_dim_v(); }
+  const T* k_row(Index b, Index j, Index h) const { return rows_->k_row(row(b, j), h); }
+  const T* v_row(Index b, Index j, Index h) const { return rows_->v_row(row(b, j), h); }
+  const float* k_scales(Index b, Index j, Index h) const { return rows_->k_scales(row(b, j), h); }
+  const float* v_scales(Index b, Index j, Index h) const { return rows_->v_scales(row(b, j), h); }
+  Index k_row_stride() const { return head_dim_k(); }
+  Index v_row_stride() const { return head_dim_v(); }
+  Index k_dim_stride() const { return 1; }
+  Index v_dim_stride() const { return 1; }
+  bool v_rows_aligned(Index alignment) const { return rows_->v_rows_aligned(alignment); }
+
+ protected:
+  explicit KvRowsSource(const KvRows<T>& rows) : rows_(&rows) {}
+
+ private:
+  Index row(Index b, Index j) const { return static_cast<const Derived&>(*this).row(b, j); }
+
+  const KvRows<T>* rows_;
+};
+
 /// Checks the k and v tensors of an append against a cache's heads and dims, and for int8 that
 /// every value is finite (a quantisation scale of inf or NaN would poison the whole row).
 template <class T>

@@ -31,44 +31,26 @@ class PagedKvCache;
 /// table (block ids into the pool) and a length. Built by PagedKvCache::view, or from block tables
 /// the caller manages itself (validated against the pool). Valid while the cache lives unchanged.
 template <class T>
-class PagedKvView {
+class PagedKvView : public detail::KvRowsSource<T, PagedKvView<T>> {
  public:
-  using Element = T;
-
   /// Views explicit block tables: sequence b has lengths[b] tokens, token j in block
   /// block_tables[b][j / block_size] at offset j % block_size.
   PagedKvView(const PagedKvCache<T>& cache, std::vector<std::vector<Index>> block_tables,
               std::vector<Index> lengths)
-      : cache_(&cache), tables_(std::move(block_tables)), lengths_(std::move(lengths)) {}
+      : detail::KvRowsSource<T, PagedKvView<T>>(cache.rows_), cache_(&cache),
+        tables_(std::move(block_tables)), lengths_(std::move(lengths)) {}
 
   Index batch() const { return static_cast<Index>(tables_.size()); }
-  Index num_kv_heads() const { return cache_->rows_.num_kv_heads(); }
-  Index head_dim_k() const { return cache_->rows_.head_dim_k(); }
-  Index head_dim_v() const { return cache_->rows_.head_dim_v(); }
   Index max_kv_len() const {
     return lengths_.empty() ? 0 : *std::max_element(lengths_.begin(), lengths_.end());
   }
   Index kv_len(Index b) const { return lengths_[b]; }
   Index first_readable(Index) const { return 0; }
-  const T* k_row(Index b, Index j, Index h) const { return cache_->rows_.k_row(row(b, j), h); }
-  const T* v_row(Index b, Index j, Index h) const { return cache_->rows_.v_row(row(b, j), h); }
-  const float* k_scales(Index b, Index j, Index h) const {
-    return cache_->rows_.k_scales(row(b, j), h);
-  }
-  const float* v_scales(Index b, Index j, Index h) const {
-    return cache_->rows_.v_scales(row(b, j), h);
-  }
   Index run_length(Index b, Index j) const {
     // A block's rows of one head are consecutive.
     static_cast<void>(b);
     return cache_->config().block_size - j % cache_->config().block_size;
   }
-  Index k_row_stride() const { return head_dim_k(); }
-  Index v_row_stride() const { return head_dim_v(); }
-  Index k_dim_stride() const { return 1; }
-  Index v_dim_stride() const { return 1; }
-  bool v_rows_aligned(Index alignment) const { return cache_->rows_.v_rows_aligned(alignment); }
-
   /// Checks that every table covers its length and names only blocks of the pool.
   void validate(const char* where) const {
     HEADROOM_CHECK(lengths_.size() == tables_.size(), where, "lengths has ", lengths_.size(),
@@ -88,6 +70,7 @@ class PagedKvView {
   }
 
  private:
+  friend class detail::KvRowsSource<T, PagedKvView<T>>;
   Index row(Index b, Index j) const {
     const Index block_size = cache_->config().block_size;
     return tables_[b][j / block_size] * block_size + j % block_size;
