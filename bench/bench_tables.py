@@ -55,15 +55,15 @@ def main(path):
               f"{fmt(run['FLOPS'] / 1e9, 1)} | {fmt(run['roof'])} | {fmt(ratio, 1)}x |")
 
     print()
-    print("| decode, B=1, Hq=32, D=128 | type | cache | threads | us/step | tok/s | GB/s | roof |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| decode, B=1, Hq=32, D=128 | type | cache | threads | us/step | tok/s | GB/s | probe GB/s | roof |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, run in runs.items():
         m = re.match(r"BM_Decode/(\w+)/(\w+)/kv:(\d+)/threads:(\d+)$", name)
         if not m:
             continue
         print(f"| {m[2]} | {m[1]} | {m[3]} | {m[4]} | {fmt(run['real_time'], 0)} | "
               f"{fmt(run['tok_s'], 0)} | {fmt(run['bytes_per_second'] / 1e9, 1)} | "
-              f"{fmt(run['roof'])} |")
+              f"{fmt(run['read_bw'] / 1e9, 1)} | {fmt(run['roof'])} |")
 
 
 if __name__ == "__main__":

@@ -77,19 +77,24 @@ void run_decode(benchmark::State& state, Index num_kv_heads, Index length, int n
   options.num_threads = num_threads;
   const auto q_view = TensorView<const float>::bshd(q.data(), 1, 1, kHeads, kDim);
   const auto out_view = TensorView<float>::bshd(out.data(), 1, 1, kHeads, kDim);
+  PairedReadProbe probe(num_threads, cache_bytes);
   size_t layer = 0;
   for (auto _ : state) {
-    attend(q_view, layers[layer]->view({0}), out_view, options);
+    const double step_seconds =
+        seconds([&] { attend(q_view, layers[layer]->view({0}), out_view, options); });
+    state.SetIterationTime(step_seconds);
     benchmark::DoNotOptimize(out.data());
     layer = (layer + 1) % layers.size();
+    probe.run();
   }
   const double steps = static_cast<double>(state.iterations());
   const double bytes = static_cast<double>(cache_bytes);
   const double flops = attention_flops(1, kHeads, 1, length, kDim, kDim, options.mask);
-  const double floor_seconds = std::max(flops / peak_flops(num_threads),
-                                        bytes / read_bandwidth(num_threads));
+  const double floor_seconds =
+      std::max(flops / peak_flops(num_threads), bytes / probe.bandwidth());
   state.counters["tok_s"] = benchmark::Counter(steps, benchmark::Counter::kIsRate);
   state.counters["bytes_per_second"] = benchmark::Counter(bytes * steps, benchmark::Counter::kIsRate);
+  state.counters["read_bw"] = probe.bandwidth();
   state.counters["FLOPS"] = benchmark::Counter(flops * steps, benchmark::Counter::kIsRate);
   state.counters["roof"] = benchmark::Counter(floor_seconds * steps, benchmark::Counter::kIsRate);
 }
@@ -108,7 +113,7 @@ void register_decode() {
                                  "/threads:" + std::to_string(threads);
         benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
           run_decode<T>(state, num_kv_heads, length, threads);
-        })->UseRealTime()->Unit(benchmark::kMicrosecond);
+        })->UseManualTime()->Unit(benchmark::kMicrosecond);
       }
     }
   }

@@ -136,6 +136,57 @@ inline double read_bandwidth(int num_threads) {
   return known[num_threads];
 }
 
+/// DRAM read bandwidth measured next to the kernel it judges. The host is shared: its bandwidth
+/// drifts by tens of percent from minute to minute, so a probe run once at the start (or the best
+/// of all its runs) compares the kernel with another moment's machine. Run the probe right after
+/// each kernel step over as many bytes as the step read (from a buffer no step reads, walked
+/// onwards so that it always comes from DRAM), and both see the same machine.
+class PairedReadProbe {
+ public:
+  PairedReadProbe(int num_threads, Index bytes_per_step)
+      : num_threads_(num_threads),
+        floats_(std::max<Index>(Index{1} << 16, bytes_per_step / Index{sizeof(float)})) {}
+
+  /// Reads the next window of bytes_per_step bytes and adds its time to the total.
+  void run() {
+    const auto& buffer = read_probe_buffer();
+    const Index size = static_cast<Index>(buffer.size());
+    if (offset_ + floats_ > size) offset_ = 0;
+    const Index per_thread = floats_ / num_threads_ / (2 * kPacketSize) * (2 * kPacketSize);
+    std::vector<float> sink(static_cast<size_t>(num_threads_));
+    seconds_ += seconds([&] {
+      detail::parallel_for(num_threads_, num_threads_, [&](int, Index thread) {
+        sink[thread] = read_two_streams(buffer.data() + offset_ + thread * per_thread, per_thread);
+      });
+    });
+    benchmark::DoNotOptimize(sink.data());
+    bytes_ += static_cast<double>(per_thread * num_threads_) * sizeof(float);
+    offset_ += floats_;
+  }
+
+  /// Returns the bytes per second of every window read so far.
+  double bandwidth() const { return seconds_ > 0.0 ? bytes_ / seconds_ : 0.0; }
+
+ private:
+  /// Sums `count` floats as two interleaved halves: two streams per thread keep enough DRAM
+  /// requests in flight for one core here (BM_ReadBandwidth: one stream reaches half of it).
+  static float read_two_streams(const float* data, Index count) {
+    using namespace Eigen::internal;
+    const Index half = count / 2;
+    Packet a = pset1<Packet>(0.0f), b = pset1<Packet>(0.0f);
+    for (Index i = 0; i < half; i += kPacketSize) {
+      a = padd(a, pload<Packet>(data + i));
+      b = padd(b, pload<Packet>(data + half + i));
+    }
+    return predux(padd(a, b));
+  }
+
+  int num_threads_;
+  Index floats_;
+  Index offset_ = 0;
+  double seconds_ = 0.0, bytes_ = 0.0;
+};
+
 /// Sets the FLOPS counter (a rate) and `roof`, the fraction of the FMA peak it reaches.
 inline void set_flop_counters(benchmark::State& state, double flops_per_iteration,
                               int num_threads) {

@@ -77,6 +77,7 @@ class LinePrefetcher {
 /// (a tile of 64 keys is 1024 lines of f32 K and V at head dim 128; its products have about 1100
 /// such steps).
 struct PackedRows {
+  static constexpr bool kStreamed = false;
   const float* base;
   Index stride;
   LinePrefetcher* prefetcher = nullptr;
@@ -139,11 +140,20 @@ template <int kRows, Accumulate kMode, class BRows>
 EIGEN_ALWAYS_INLINE void row_panel(const float* a, Index a_stride, const BRows& b, Index depth,
                                    float* c, Index c_stride, Index columns,
                                    const float* row_scale) {
-  constexpr Index kTileColumns = kTilePackets * kPacketSize;
+  // Rows read straight from a KV source are best walked whole: one or two rows leave room for
+  // twice the accumulators, and each V row is then read once, front to back, instead of half by half.
+  constexpr int kPanelPackets = BRows::kStreamed && kRows <= 2 ? 2 * kTilePackets : kTilePackets;
+  constexpr Index kTileColumns = kPanelPackets * kPacketSize;
   Index col = 0;
   for (; col + kTileColumns <= columns; col += kTileColumns) {
-    micro_kernel<kRows, kTilePackets, kMode>(a, a_stride, b, col, depth, c + col, c_stride,
-                                             row_scale);
+    micro_kernel<kRows, kPanelPackets, kMode>(a, a_stride, b, col, depth, c + col, c_stride,
+                                              row_scale);
+  }
+  if constexpr (kPanelPackets > kTilePackets) {
+    for (; col + kTilePackets * kPacketSize <= columns; col += kTilePackets * kPacketSize) {
+      micro_kernel<kRows, kTilePackets, kMode>(a, a_stride, b, col, depth, c + col, c_stride,
+                                               row_scale);
+    }
   }
   for (; col < columns; col += kPacketSize) {
     micro_kernel<kRows, 1, kMode>(a, a_stride, b, col, depth, c + col, c_stride, row_scale);

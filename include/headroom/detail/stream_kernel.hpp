@@ -88,6 +88,7 @@ void dot_scores(const float* q, Index dk, const T* const* k, const float* key_sc
 /// from memory meanwhile.
 template <class T>
 struct SourceRows {
+  static constexpr bool kStreamed = true;
   const T* const* rows;
   const float* scales;
   const T* const* ahead;  // or null
