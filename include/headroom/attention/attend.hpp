@@ -70,38 +70,41 @@ struct TileShape {
   Index head_dim_k, head_dim_v, head_dim_v_padded;
   Index positions_per_item;  // query positions per work item
   Index rows_per_item;       // positions_per_item * group_size
+  Index rows_padded;         // rows_per_item rounded up to whole packets (key-major layouts)
   Index tiles_per_sequence;  // work items along q_len
   Index num_splits;          // key ranges per work item, merged by LSE (1: no split)
   /// Few rows per item (decode): K and V are read straight from the source into registers
-  /// (stream_kernel.hpp) instead of being packed into f32 tiles that too few rows would reuse.
+  /// (stream_kernel.hpp), and the scores of a tile are row-major. Otherwise the tile is computed
+  /// key-major (see key_major_scores).
   bool streamed;
   /// V rows are read straight from the source by the P.V product (streamed, or aligned f32 rows
   /// that need no conversion) instead of being packed.
   bool v_direct;
 };
 
-/// Per-thread scratch, sized once per call; every pointer is aligned for packet loads.
+/// Per-thread scratch, sized once per call; every pointer is aligned for packet loads. Streamed
+/// items keep rows row-major; key-major items keep Q transposed and scores key-major.
 struct TileScratch {
   using Buffer = std::vector<float, Eigen::aligned_allocator<float>>;
-  Buffer q;          // [rows_per_item, head_dim_k], pre-multiplied by the softmax scale
-  Buffer k_t;        // [head_dim_k, kKeyTile], the K tile transposed, zero past the last key
+  Buffer q;          // streamed [rows, head_dim_k], else [head_dim_k, rows_padded]; times the scale
+  Buffer k;          // [kKeyTile, head_dim_k] K rows converted to f32, when not read in place
   Buffer v;          // [kKeyTile, head_dim_v_padded], zero past the last key and past head_dim_v
-  Buffer o;          // [rows_per_item, head_dim_v_padded], unnormalised output accumulator
-  Buffer scores;     // [rows_per_item, kKeyTile], logits and then probabilities of one tile
-  Buffer row_max;    // [rows_per_item], running max m of each row's logits
-  Buffer row_sum;    // [rows_per_item], running sum l of exp(logit - m)
-  Buffer rescale;    // [rows_per_item], exp(m_old - m_new) for the current tile
+  Buffer o;          // [rows_padded, head_dim_v_padded], unnormalised output accumulator
+  Buffer scores;     // streamed [rows, kKeyTile], else [kKeyTile, rows_padded]: logits, then p
+  Buffer row_max;    // [rows_padded], running max m of each row's logits
+  Buffer row_sum;    // [rows_padded], running sum l of exp(logit - m)
+  Buffer rescale;    // [rows_padded], exp(m_old - m_new) for the current tile
   LinePrefetcher prefetcher;  // the next tile's rows, requested while this one is computed
 
   explicit TileScratch(const TileShape& shape)
-      : q(shape.rows_per_item * shape.head_dim_k),
-        k_t(shape.head_dim_k * kKeyTile),
-        v(kKeyTile * shape.head_dim_v_padded),
-        o(shape.rows_per_item * shape.head_dim_v_padded),
-        scores(shape.rows_per_item * kKeyTile),
-        row_max(shape.rows_per_item),
-        row_sum(shape.rows_per_item),
-        rescale(shape.rows_per_item) {}
+      : q(shape.rows_padded * shape.head_dim_k),
+        k(shape.streamed ? 0 : kKeyTile * shape.head_dim_k),
+        v(shape.v_direct ? 0 : kKeyTile * shape.head_dim_v_padded),
+        o(shape.rows_padded * shape.head_dim_v_padded),
+        scores(shape.rows_padded * kKeyTile),
+        row_max(shape.rows_padded),
+        row_sum(shape.rows_padded),
+        rescale(shape.rows_padded) {}
 };
 
 /// Folds one block of logits into the running softmax state of its rows (DESIGN.md, "Online
@@ -152,6 +155,39 @@ inline void online_softmax_update(Index rows, float* scores, float* row_max, flo
   }
 }
 
+/// The online-softmax update of online_softmax_update for key-major logits (scores[c * stride +
+/// r], keys c < count) of the row packets [packet_first, packet_end): the rows lie along the
+/// vector lanes, so the maxima and sums over keys are lane-wise and need no horizontal reduction.
+inline void online_softmax_columns(Index count, Index stride, Index packet_first,
+                                   Index packet_end, float* scores, float* row_max,
+                                   float* row_sum, float* rescale) {
+  using namespace Eigen::internal;
+  const Packet neg_inf = pset1<Packet>(kNegInf);
+  for (Index p = packet_first; p < packet_end; ++p) {
+    const Index lanes = p * kPacketSize;
+    float* s = scores + lanes;
+    const Packet old_max = pload<Packet>(row_max + lanes);
+    Packet new_max = old_max;
+    for (Index c = 0; c < count; ++c) new_max = pmax(new_max, pload<Packet>(s + c * stride));
+    // Rows that have seen no visible key keep m = -inf and are shifted by 0 instead, so that
+    // exp(-inf - -inf) does not turn their zero state into NaN. Masked logits, and the factor of
+    // rows with nothing accumulated yet, are forced to exactly 0: some vector exps clamp their
+    // argument (SSE's, to -88), so exp(-inf) is not reliably 0.
+    const Packet shift = pand(new_max, pcmp_lt(neg_inf, new_max));
+    Packet sum = pset1<Packet>(0.0f);
+    for (Index c = 0; c < count; ++c) {
+      const Packet logits = pload<Packet>(s + c * stride);
+      const Packet e = pand(pexp(psub(logits, shift)), pcmp_lt(neg_inf, logits));
+      pstore(s + c * stride, e);
+      sum = padd(sum, e);
+    }
+    const Packet factor = pand(pexp(psub(old_max, shift)), pcmp_lt(neg_inf, old_max));
+    pstore(rescale + lanes, factor);
+    pstore(row_sum + lanes, pmadd(pload<Packet>(row_sum + lanes), factor, sum));
+    pstore(row_max + lanes, new_max);
+  }
+}
+
 /// Where the rows of one K/V tile live: a pointer per key (resolving block tables and ring
 /// buffers once per tile) and the int8 scales (1 for other types).
 template <class T>
@@ -199,53 +235,36 @@ void gather_tile_rows(const Source& source, Index b, Index kv_head, Index k0, In
   }
 }
 
-/// Converts the K tile to f32 and stores it transposed in k_t [dk, kKeyTile], and the V tile in
-/// v [kKeyTile, dv_pad]: once per tile, shared by every query row of the group. Contiguous rows
-/// with packet-multiple dims are converted in registers and transposed in packet-square blocks;
-/// anything else goes element by element. Lanes past the last key are zero.
+/// Converts the tile's K rows to f32 in `k` [kKeyTile, dk] (int8 scale folded in): the key-major
+/// product then reads them at a stride known at compile time (see FixedStrideLhs), whatever the
+/// source's layout. Keys past the last are never read.
 template <class T>
-void pack_kv_tile(const TileRows<T>& rows, Index k_dim_stride, Index v_dim_stride,
-                  const TileShape& shape, TileScratch& scratch) {
-  static_assert(kIsKvElement<T>, "pack_kv_tile: not a KV element type.");
+void pack_k_tile(const TileRows<T>& rows, Index dk, Index k_dim_stride, float* k) {
   using namespace Eigen::internal;
-  const Index dk = shape.head_dim_k, dv = shape.head_dim_v, dv_pad = shape.head_dim_v_padded;
-  const Index count = rows.count;
-  float* k_t = scratch.k_t.data();
-  if (count < kKeyTile) {
-    std::fill(scratch.k_t.begin(), scratch.k_t.end(), 0.0f);
-    std::fill(scratch.v.begin() + count * dv_pad, scratch.v.end(), 0.0f);
-  }
-  if (dk % kPacketSize == 0 && k_dim_stride == 1) {
-// PacketBlock<Packet16f> drops the vector type's alignment attribute, harmlessly: it is a local.
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wignored-attributes"
-#endif
-    using Block = PacketBlock<Packet, kPacketSize>;
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
-    for (Index c0 = 0; c0 < count; c0 += kPacketSize) {
-      for (Index d0 = 0; d0 < dk; d0 += kPacketSize) {
-        Block block;
-        for (int i = 0; i < kPacketSize; ++i) {
-          block.packet[i] = c0 + i < count ? pmul(load_packet(rows.k[c0 + i] + d0),
-                                                  pset1<Packet>(rows.k_scale[c0 + i]))
-                                           : pset1<Packet>(0.0f);
-        }
-        ptranspose(block);
-        for (int i = 0; i < kPacketSize; ++i) pstore(k_t + (d0 + i) * kKeyTile + c0, block.packet[i]);
+  for (Index c = 0; c < rows.count; ++c) {
+    float* row = k + c * dk;
+    if (dk % kPacketSize == 0 && k_dim_stride == 1) {
+      const Packet scale = pset1<Packet>(rows.k_scale[c]);
+      for (Index d = 0; d < dk; d += kPacketSize) {
+        pstore(row + d, pmul(load_packet(rows.k[c] + d), scale));
       }
-    }
-  } else {
-    for (Index c = 0; c < count; ++c) {
+    } else {
       for (Index d = 0; d < dk; ++d) {
-        k_t[d * kKeyTile + c] = rows.k_scale[c] * static_cast<float>(rows.k[c][d * k_dim_stride]);
+        row[d] = rows.k_scale[c] * static_cast<float>(rows.k[c][d * k_dim_stride]);
       }
     }
   }
-  for (Index c = 0; c < count && !shape.v_direct; ++c) {
-    float* v_packed = scratch.v.data() + c * dv_pad;
+}
+
+/// Converts the V tile to f32 rows in `v` [kKeyTile, dv_pad] (int8 scale folded in), zero past
+/// the last key and past dv: for sources whose rows the P.V product cannot read in place.
+template <class T>
+void pack_v_tile(const TileRows<T>& rows, Index dv, Index dv_pad, Index v_dim_stride, float* v) {
+  using namespace Eigen::internal;
+  const Index count = rows.count;
+  std::fill(v + count * dv_pad, v + kKeyTile * dv_pad, 0.0f);
+  for (Index c = 0; c < count; ++c) {
+    float* v_packed = v + c * dv_pad;
     if (dv % kPacketSize == 0 && v_dim_stride == 1) {
       const Packet scale = pset1<Packet>(rows.v_scale[c]);
       for (Index d0 = 0; d0 < dv; d0 += kPacketSize) {
@@ -257,6 +276,98 @@ void pack_kv_tile(const TileRows<T>& rows, Index k_dim_stride, Index v_dim_strid
       }
       std::fill(v_packed + dv, v_packed + dv_pad, 0.0f);
     }
+  }
+}
+
+/// Stores `rows` rows of `dim` elements (row r at row(r), elements dim_stride apart) times
+/// `scale`, transposed: out[d * out_stride + r], with zeros in columns [rows, out_stride).
+/// Contiguous rows of packet-multiple dims are transposed in packet-square blocks in registers:
+/// element by element, the column writes hop out_stride floats each and thrash L1.
+template <class RowAt>
+void pack_transposed(Index rows, Index dim, const RowAt& row, Index dim_stride, float scale,
+                     Index out_stride, float* out) {
+  using namespace Eigen::internal;
+  const Index full = dim % kPacketSize == 0 && dim_stride == 1 ? rows / kPacketSize * kPacketSize : 0;
+  if (full > 0) {
+// PacketBlock<Packet16f> drops the vector type's alignment attribute, harmlessly: it is a local.
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
+    using Block = PacketBlock<Packet, kPacketSize>;
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+    const Packet factor = pset1<Packet>(scale);
+    for (Index r0 = 0; r0 < full; r0 += kPacketSize) {
+      const float* sources[kPacketSize];
+      for (int i = 0; i < kPacketSize; ++i) sources[i] = row(r0 + i);
+      for (Index d0 = 0; d0 < dim; d0 += kPacketSize) {
+        Block block;
+        for (int i = 0; i < kPacketSize; ++i) {
+          block.packet[i] = pmul(ploadu<Packet>(sources[i] + d0), factor);
+        }
+        ptranspose(block);
+        for (int i = 0; i < kPacketSize; ++i) {
+          pstore(out + (d0 + i) * out_stride + r0, block.packet[i]);
+        }
+      }
+    }
+  }
+  for (Index d = 0; d < dim; ++d) {
+    float* column = out + d * out_stride;
+    for (Index r = full; r < rows; ++r) column[r] = row(r)[d * dim_stride] * scale;
+    std::fill(column + rows, column + out_stride, 0.0f);
+  }
+}
+
+/// Scores of one tile, key-major: scores[c * rows_padded + r] = k_c . q_r for keys c < count and
+/// the rows of packets [packet_first, packet_end). The K rows are the broadcast operand, read as
+/// they are stored, and Q^T [dk, rows_padded] (packed once per work item) the vector one: no tile
+/// is ever transposed, and the softmax that follows runs along the lanes. Panels of Q^T are the
+/// outer loop, so each stays in L1 while the keys stream past it. The first panel steps the
+/// prefetcher (the next tile's lines).
+/// \tparam kDk the head dim (and K row stride) when fixed at compile time, or kDynamicDim.
+template <int kDk>
+void key_major_scores(const float* k, Index count, const float* q_t, Index rows_padded, Index dk,
+                      Index packet_first, Index packet_end, float* scores,
+                      LinePrefetcher* prefetcher) {
+  Index p = packet_first;
+  const auto panel = [&](auto packets_tag, auto keys_tag) {
+    constexpr int kPackets = decltype(packets_tag)::value, kKeys = decltype(keys_tag)::value;
+    const PackedRows q_panel{q_t, rows_padded, p == packet_first ? prefetcher : nullptr};
+    const Index col = p * kPacketSize;
+    const auto block = [&](Index c, auto rows_tag) {
+      constexpr int kRows = decltype(rows_tag)::value;
+      float* block_scores = scores + c * rows_padded + col;
+      if constexpr (kDk != kDynamicDim) {
+        micro_kernel<kRows, kPackets, Accumulate::kOverwrite>(
+            FixedStrideLhs<kDk>{k + c * kDk}, q_panel, col, kDk, block_scores, rows_padded,
+            nullptr, true);
+      } else {
+        micro_kernel<kRows, kPackets, Accumulate::kOverwrite>(Lhs{k + c * dk, dk, 1}, q_panel,
+                                                              col, dk, block_scores, rows_padded,
+                                                              nullptr, true);
+      }
+    };
+    Index c = 0;
+    for (; c + kKeys <= count; c += kKeys) block(c, std::integral_constant<int, kKeys>{});
+    if (c < count) dispatch_up_to<kKeys - 1>(count - c, [&](auto n) { block(c, n); });
+    p += kPackets;
+  };
+  // A full register tile is kTileRows keys by kTilePackets packets of rows; narrower panels (the
+  // last rows, or a small group) take more keys so that enough accumulators hide the FMA latency.
+  constexpr int kNarrowKeys = kTileRows * kTilePackets / 2 > 8 ? 8 : kTileRows * kTilePackets / 2;
+  while (p + kTilePackets <= packet_end) {
+    panel(std::integral_constant<int, kTilePackets>{}, std::integral_constant<int, kTileRows>{});
+  }
+  if constexpr (kTilePackets > 2) {
+    if (p + 2 <= packet_end) {
+      panel(std::integral_constant<int, 2>{}, std::integral_constant<int, kNarrowKeys>{});
+    }
+  }
+  while (p < packet_end) {
+    panel(std::integral_constant<int, 1>{}, std::integral_constant<int, kNarrowKeys>{});
   }
 }
 
@@ -285,20 +396,24 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
   const Index dv_pad = shape.head_dim_v_padded;
   const Index group = shape.group_size;
   const Index rows = (i1 - i0) * group;
+  const Index rows_pad = (rows + kPacketSize - 1) / kPacketSize * kPacketSize;
   const Index kv_len = source.kv_len(b);
   const Index pos_offset = kv_len - shape.q_len;  // queries are the last q_len positions
   const KeyInterval keys{options.mask.kind, options.mask.window, kv_len};
   const auto position = [&](Index row) { return i0 + row / group + pos_offset; };
 
-  // Q rows, pre-scaled, [rows, dk].
-  for (Index r = 0; r < rows; ++r) {
-    const float* q_row = q.row(b, i0 + r / group, kv_head * group + r % group);
-    float* packed = scratch.q.data() + r * dk;
-    for (Index d = 0; d < dk; ++d) packed[d] = q_row[d * q.dim_stride] * scale;
+  // Q rows times the scale: [rows, dk] for the streamed path, else transposed [dk, rows_pad].
+  const auto q_row = [&](Index r) { return q.row(b, i0 + r / group, kv_head * group + r % group); };
+  if (shape.streamed) {
+    for (Index r = 0; r < rows; ++r) {
+      for (Index d = 0; d < dk; ++d) scratch.q[r * dk + d] = q_row(r)[d * q.dim_stride] * scale;
+    }
+  } else {
+    pack_transposed(rows, dk, q_row, q.dim_stride, scale, rows_pad, scratch.q.data());
   }
-  std::fill(scratch.o.begin(), scratch.o.begin() + rows * dv_pad, 0.0f);
-  std::fill(scratch.row_max.begin(), scratch.row_max.begin() + rows, kNegInf);
-  std::fill(scratch.row_sum.begin(), scratch.row_sum.begin() + rows, 0.0f);
+  std::fill(scratch.o.begin(), scratch.o.begin() + rows_pad * dv_pad, 0.0f);
+  std::fill(scratch.row_max.begin(), scratch.row_max.begin() + rows_pad, kNegInf);
+  std::fill(scratch.row_sum.begin(), scratch.row_sum.begin() + rows_pad, 0.0f);
 
   Index item_first = keys.first(position(0));
   Index item_end = keys.end(position(rows - 1));
@@ -325,17 +440,65 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       gather_tile_rows(source, b, kv_head, k1, std::min(kKeyTile, item_end - k1), tile_rows[t ^ 1]);
       next = &tile_rows[t ^ 1];
     }
-    if (!shape.streamed) {
-      pack_kv_tile(tile, source.k_dim_stride(), source.v_dim_stride(), shape, scratch);
-    } else {
+    // The keys of this tile that rows [r0, r0 + block_rows) may see, empty when all are masked.
+    const auto block_keys = [&](Index r0, Index block_rows) {
+      return std::pair<Index, Index>(std::max(k0, keys.first(position(r0))),
+                                     std::min(k1, keys.end(position(r0 + block_rows - 1))));
+    };
+    // Sets the logits of row r (at scores[r * row_step + c * key_step]) outside its keys to -inf.
+    const auto mask_row = [&](Index r, float* scores, Index row_step, Index key_step) {
+      const Index pos = position(r);
+      const Index lo = std::clamp(keys.first(pos) - k0, Index{0}, k1 - k0);
+      const Index hi = std::clamp(keys.end(pos) - k0, lo, k1 - k0);
+      for (Index c = 0; c < kKeyTile; ++c) {
+        if (c < lo || c >= hi) scores[r * row_step + c * key_step] = kNegInf;
+      }
+    };
+    const auto apply_softcap = [&](float* scores, Index count) {
+      // Gemma 2: logit = cap * tanh(logit / cap), before the mask so masked keys stay -inf.
+      auto s = Eigen::Map<Eigen::ArrayXf>(scores, count);
+      s = options.softcap * (s * (1.0f / options.softcap)).tanh();
+    };
+
+    if (shape.streamed) {
+      // Decode: each block of at most kTileRows rows reads K and V straight from the source.
       tile.look_ahead(next, prefetch_distance);
+      const Index block_rows = rows;
+      const auto [block_first, block_end] = block_keys(0, block_rows);
+      if (block_first >= block_end) continue;
+      float* scores = scratch.scores.data();
+      dispatch_rows(block_rows, [&](auto rows_tag) {
+        dot_scores<decltype(rows_tag)::value>(scratch.q.data(), dk, tile.k, tile.k_scale,
+                                              tile.count, tile.k_ahead, scores, kKeyTile);
+      });
+      if (options.softcap > 0.0f) apply_softcap(scores, block_rows * kKeyTile);
+      const bool unmasked = k0 >= keys.first(position(block_rows - 1)) &&
+                            k1 <= keys.end(position(0)) && k1 - k0 == kKeyTile;
+      for (Index r = 0; r < block_rows && !unmasked; ++r) mask_row(r, scores, kKeyTile, 1);
+      online_softmax_update(block_rows, scores, scratch.row_max.data(), scratch.row_sum.data(),
+                            scratch.rescale.data());
+      const SourceRows<Element> v_rows{tile.v, tile.v_scale, tile.v_ahead,
+                                       dv * static_cast<Index>(sizeof(Element))};
+      // Probabilities past block_end are zero: the P.V depth stops there.
+      gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, Lhs{scores, kKeyTile, 1}, v_rows,
+                                            block_end - k0, scratch.o.data(), dv_pad, dv,
+                                            scratch.rescale.data());
+      continue;
     }
 
-    // The packed path's products request the next tile while they run (see LinePrefetcher).
+    // Key-major tile. The rows that see any key of it are one interval (mask ends never decrease
+    // with the position); only their packets are computed.
+    Index row_first = 0, row_end = rows;
+    while (row_first < rows && keys.end(position(row_first)) <= k0) ++row_first;
+    while (row_end > row_first && keys.first(position(row_end - 1)) >= k1) --row_end;
+    if (row_first == row_end) continue;
+    const Index packet_first = row_first / kPacketSize;
+    const Index packet_end = (row_end + kPacketSize - 1) / kPacketSize;
+
+    // The next tile's rows are requested while this one is computed (see LinePrefetcher); rows
+    // with a dim stride are scattered, and no line list describes them.
     LinePrefetcher* prefetcher = nullptr;
-    // Rows with a dim stride are scattered: no line list describes them.
-    if (!shape.streamed && next != nullptr && source.k_dim_stride() == 1 &&
-        source.v_dim_stride() == 1) {
+    if (next != nullptr && source.k_dim_stride() == 1 && source.v_dim_stride() == 1) {
       scratch.prefetcher.clear();
       for (Index c = 0; c < next->count; ++c) {
         scratch.prefetcher.add(next->k[c], dk * Index{sizeof(Element)});
@@ -343,71 +506,50 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       }
       prefetcher = &scratch.prefetcher;
     }
-    // The keys of this tile that rows [r0, r0 + block_rows) may see, empty when all are masked.
-    const auto block_keys = [&](Index r0, Index block_rows) {
-      return std::pair<Index, Index>(std::max(k0, keys.first(position(r0))),
-                                     std::min(k1, keys.end(position(r0 + block_rows - 1))));
-    };
-    // Two passes over the row blocks: all scores and their softmax first, while only the K tile
-    // is needed in L1, then all of P.V, while only the V tile is. (Both tiles together would not
-    // fit in L1: 64 keys x 128 dims x 2 x 4 bytes is 64 KiB.)
-    for (Index r0 = 0; r0 < rows; r0 += kTileRows) {
-      const Index block_rows = std::min<Index>(kTileRows, rows - r0);
-      const auto [block_first, block_end] = block_keys(r0, block_rows);
-      if (block_first >= block_end) continue;  // the whole block is masked in this tile
-
-      float* scores = scratch.scores.data() + r0 * kKeyTile;
-      const float* q_rows = scratch.q.data() + r0 * dk;
-      if (shape.streamed) {
-        dispatch_rows(block_rows, [&](auto rows_tag) {
-          dot_scores<decltype(rows_tag)::value>(q_rows, dk, tile.k, tile.k_scale, tile.count,
-                                                tile.k_ahead, scores, kKeyTile);
-        });
-      } else {
-        gemm_rows<Accumulate::kOverwrite>(block_rows, q_rows, dk,
-                                          PackedRows{scratch.k_t.data(), kKeyTile, prefetcher},
-                                          dk, scores, kKeyTile, kKeyTile, nullptr);
-      }
-      if (options.softcap > 0.0f) {
-        // Gemma 2: logit = cap * tanh(logit / cap), before the mask so masked keys stay -inf.
-        auto s = Eigen::Map<Eigen::ArrayXf>(scores, block_rows * kKeyTile);
-        s = options.softcap * (s * (1.0f / options.softcap)).tanh();
-      }
-      const Index pos_lo = position(r0), pos_hi = position(r0 + block_rows - 1);
-      const bool block_unmasked = k0 >= keys.first(pos_hi) && k1 <= keys.end(pos_lo) &&
-                                  k1 - k0 == kKeyTile;
-      if (!block_unmasked) {
-        for (Index r = 0; r < block_rows; ++r) {
-          const Index pos = position(r0 + r);
-          const Index lo = std::clamp(keys.first(pos) - k0, Index{0}, kKeyTile);
-          const Index hi = std::clamp(keys.end(pos) - k0, lo, std::min(k1 - k0, kKeyTile));
-          float* s = scores + r * kKeyTile;
-          std::fill(s, s + lo, kNegInf);
-          std::fill(s + hi, s + kKeyTile, kNegInf);
-        }
-      }
-      online_softmax_update(block_rows, scores, scratch.row_max.data() + r0,
-                            scratch.row_sum.data() + r0, scratch.rescale.data() + r0);
+    pack_k_tile(tile, dk, source.k_dim_stride(), scratch.k.data());
+    float* scores = scratch.scores.data();
+    key_major_scores<kDk>(scratch.k.data(), tile.count, scratch.q.data(), rows_pad, dk,
+                          packet_first, packet_end, scores, prefetcher);
+    if (options.softcap > 0.0f) apply_softcap(scores, tile.count * rows_pad);
+    const bool unmasked = k0 >= keys.first(position(rows - 1)) && k1 <= keys.end(position(0)) &&
+                          k1 - k0 == kKeyTile;
+    const Index mask_end = std::min(rows, packet_end * kPacketSize);
+    for (Index r = packet_first * kPacketSize; r < mask_end && !unmasked; ++r) {
+      mask_row(r, scores, 1, rows_pad);
     }
-    for (Index r0 = 0; r0 < rows; r0 += kTileRows) {
-      const Index block_rows = std::min<Index>(kTileRows, rows - r0);
-      const auto [block_first, block_end] = block_keys(r0, block_rows);
-      if (block_first >= block_end) continue;
-      // Probabilities past block_end are zero: the P.V depth stops there.
-      const float* probabilities = scratch.scores.data() + r0 * kKeyTile;
-      float* o_rows = scratch.o.data() + r0 * dv_pad;
-      const float* rescale = scratch.rescale.data() + r0;
-      if (shape.v_direct) {
-        const SourceRows<Element> v_rows{tile.v, tile.v_scale,
-                                         shape.streamed ? tile.v_ahead : nullptr,
-                                         dv * static_cast<Index>(sizeof(Element))};
-        gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, probabilities, kKeyTile, v_rows,
-                                              block_end - k0, o_rows, dv_pad, dv, rescale);
-      } else {
-        gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, probabilities, kKeyTile,
-                                              PackedRows{scratch.v.data(), dv_pad, prefetcher},
-                                              block_end - k0, o_rows, dv_pad, dv_pad, rescale);
+    online_softmax_columns(tile.count, rows_pad, packet_first, packet_end, scores,
+                           scratch.row_max.data(), scratch.row_sum.data(),
+                           scratch.rescale.data());
+
+    // O = diag(rescale) O + P.V, panels of V columns outermost so each stays in L1 while every
+    // block of rows uses it; P is read key-major.
+    if (!shape.v_direct) pack_v_tile(tile, dv, dv_pad, source.v_dim_stride(), scratch.v.data());
+    const Index columns = shape.v_direct ? dv : dv_pad;
+    const auto pv = [&](const auto& v_rows) {
+      const auto panel = [&](Index col, auto packets_tag) {
+        constexpr int kPackets = decltype(packets_tag)::value;
+        for (Index r0 = row_first; r0 < row_end; r0 += kTileRows) {
+          const Index block_rows = std::min<Index>(kTileRows, row_end - r0);
+          const auto [block_first, block_end] = block_keys(r0, block_rows);
+          if (block_first >= block_end) continue;  // the whole block is masked in this tile
+          dispatch_rows(block_rows, [&](auto rows_tag) {
+            micro_kernel<decltype(rows_tag)::value, kPackets, Accumulate::kRescaleAndAdd>(
+                Lhs{scores + r0, 1, rows_pad}, v_rows, col, block_end - k0,
+                scratch.o.data() + r0 * dv_pad + col, dv_pad, scratch.rescale.data() + r0,
+                col == 0 && r0 == row_first);
+          });
+        }
+      };
+      Index col = 0;
+      for (; col + kTilePackets * kPacketSize <= columns; col += kTilePackets * kPacketSize) {
+        panel(col, std::integral_constant<int, kTilePackets>{});
       }
+      for (; col < columns; col += kPacketSize) panel(col, std::integral_constant<int, 1>{});
+    };
+    if (shape.v_direct) {
+      pv(SourceRows<Element>{tile.v, tile.v_scale, nullptr, 0});
+    } else {
+      pv(PackedRows{scratch.v.data(), dv_pad, prefetcher});
     }
     if (prefetcher != nullptr) prefetcher->finish();
   }
@@ -573,6 +715,7 @@ TileShape validate_attend(const TensorView<const float>& q, const Source& kv,
   shape.positions_per_item =
       std::min<Index>(std::max<Index>(1, kTargetRows / shape.group_size), std::max<Index>(1, q.seq));
   shape.rows_per_item = shape.positions_per_item * shape.group_size;
+  shape.rows_padded = (shape.rows_per_item + kPacketSize - 1) / kPacketSize * kPacketSize;
   shape.tiles_per_sequence = (q.seq + shape.positions_per_item - 1) / shape.positions_per_item;
   const Index groups =
       std::max<Index>(1, shape.batch * shape.num_kv_heads * shape.tiles_per_sequence);

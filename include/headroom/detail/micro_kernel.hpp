@@ -4,8 +4,11 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <type_traits>
+#include <vector>
 
+#include "headroom/core/error.hpp"
 #include "headroom/core/tensor_view.hpp"
 
 /// Fully unrolls a loop with a compile-time trip count. The micro-kernel's accumulators only stay
@@ -35,47 +38,64 @@ enum class Accumulate {
   kRescaleAndAdd,   ///< C = diag(row_scale).C + A.B (the online-softmax correction of the output)
 };
 
-/// Requests a list of rows into L2 one cache line per step. A tile's arithmetic calls step() as it
-/// goes, so the next tile arrives spread over the whole computation: one burst of a tile's lines
-/// would overflow the core's miss queues and most of it would be dropped.
+/// Requests a list of rows into L2 a few cache lines at a time. A tile's products take the lines
+/// out in slices (take) and request them as they go, so the next tile arrives spread over the
+/// whole computation: one burst of a tile's lines would overflow the core's miss queues and most
+/// of it would be dropped.
 class LinePrefetcher {
  public:
-  static constexpr Index kMaxRows = 128;
+  /// The lines one product requests, `kLinesPerStep` every `kDepthPerStep` rows of its depth.
+  struct Slice {
+    static constexpr Index kDepthPerStep = 4, kLinesPerStep = 6;
+    const char* const* lines = nullptr;
+    Index count = 0;
 
-  void clear() { num_rows_ = row_ = offset_ = 0; }
-  void add(const void* row, Index bytes) {
-    if (num_rows_ == kMaxRows || row == nullptr) return;
-    rows_[num_rows_] = static_cast<const char*>(row);
-    bytes_[num_rows_++] = bytes;
-  }
-  /// Requests the next `lines` cache lines of the list.
-  EIGEN_ALWAYS_INLINE void step(int lines) {
-    for (int i = 0; i < lines && row_ < num_rows_; ++i) {
+    EIGEN_ALWAYS_INLINE void step(Index k) const {
+      if (k % kDepthPerStep != 0) return;
+      const Index first = k / kDepthPerStep * kLinesPerStep;
+      for (Index i = first; i < std::min(count, first + kLinesPerStep); ++i) {
 #if defined(__GNUC__)
-      __builtin_prefetch(rows_[row_] + offset_, 0, 2);
+        __builtin_prefetch(lines[i], 0, 2);
 #endif
-      offset_ += 64;
-      if (offset_ >= bytes_[row_]) {
-        offset_ = 0;
-        ++row_;
       }
     }
+  };
+
+  void clear() {
+    lines_.clear();
+    next_ = 0;
+  }
+  void add(const void* row, Index bytes) {
+    if (row == nullptr) return;
+    const char* at = static_cast<const char*>(row);
+    for (Index offset = 0; offset < bytes; offset += 64) lines_.push_back(at + offset);
+  }
+  /// Hands out the lines a product of `depth` rows requests.
+  Slice take(Index depth) {
+    const Index wanted = (depth + Slice::kDepthPerStep - 1) / Slice::kDepthPerStep *
+                         Slice::kLinesPerStep;
+    const Index count = std::min(wanted, static_cast<Index>(lines_.size()) - next_);
+    const Slice slice{lines_.data() + next_, count};
+    next_ += count;
+    return slice;
   }
   /// Issues whatever the computation did not get to.
   void finish() {
-    while (row_ < num_rows_) step(1);
+    for (; next_ < static_cast<Index>(lines_.size()); ++next_) {
+#if defined(__GNUC__)
+      __builtin_prefetch(lines_[next_], 0, 2);
+#endif
+    }
   }
 
  private:
-  const char* rows_[kMaxRows];
-  Index bytes_[kMaxRows];
-  Index num_rows_ = 0, row_ = 0, offset_ = 0;
+  std::vector<const char*> lines_;
+  Index next_ = 0;
 };
 
 /// The B operand of the micro-kernel as f32 rows in scratch: row k at base + k * stride, aligned.
-/// With a prefetcher, every fourth row of the product also requests six lines of the next tile
-/// (a tile of 64 keys is 1024 lines of f32 K and V at head dim 128; its products have about 1100
-/// such steps).
+/// With a prefetcher, the product requests lines of the next tile as it goes (a tile of 64 keys
+/// is 1024 lines of f32 K and V at head dim 128).
 struct PackedRows {
   static constexpr bool kStreamed = false;
   const float* base;
@@ -86,20 +106,48 @@ struct PackedRows {
     return Eigen::internal::pload<Packet>(base + k * stride + col);
   }
   EIGEN_ALWAYS_INLINE float scale(Index) const { return 1.0f; }
-  EIGEN_ALWAYS_INLINE void prefetch(Index k) const {
-    if (prefetcher != nullptr && (k & 3) == 0) prefetcher->step(6);
+  /// Returns the prefetches of a product of `depth` rows (none for depth 0).
+  EIGEN_ALWAYS_INLINE LinePrefetcher::Slice prefetch_plan(Index depth) const {
+    return prefetcher != nullptr && depth > 0 ? prefetcher->take(depth) : LinePrefetcher::Slice{};
   }
 };
 
-/// Computes a kRows x (kPackets * kPacketSize) block of C from A [kRows, depth] (row stride
-/// a_stride, read one scalar at a time and broadcast) and the rows of B at columns [col, col +
-/// kPackets * kPacketSize) (a PackedRows, or SourceRows read straight from a KV source). B's
-/// per-row scale (int8 values) multiplies A's column. c must be aligned, c_stride a multiple of
-/// the packet size. Accumulators live in registers for the whole depth loop.
-template <int kRows, int kPackets, Accumulate kMode, class BRows>
-EIGEN_ALWAYS_INLINE void micro_kernel(const float* a, Index a_stride, const BRows& b, Index col,
-                                      Index depth, float* c, Index c_stride,
-                                      const float* row_scale) {
+/// The A operand of a product: element (r, k) at data[r * row_stride + k * depth_stride]. Read one
+/// scalar at a time and broadcast, so any strides cost the same: query rows (row-major), K rows
+/// (key-major scores) and probabilities stored key-major (P.V) all fit.
+struct Lhs {
+  const float* data;
+  Index row_stride;
+  Index depth_stride;
+
+  EIGEN_ALWAYS_INLINE const float* row(Index r) const { return data + r * row_stride; }
+  EIGEN_ALWAYS_INLINE float at(Index r, Index k) const {
+    return data[r * row_stride + k * depth_stride];
+  }
+};
+
+/// An A operand of consecutive rows kRowStride floats apart, each contiguous. With the stride
+/// known at compile time, a register block's rows are one pointer plus constant offsets; with a
+/// run-time stride each row would hold a register of its own, more than x86-64 has to spare.
+template <Index kRowStride>
+struct FixedStrideLhs {
+  static constexpr Index depth_stride = 1;
+  const float* data;
+
+  EIGEN_ALWAYS_INLINE const float* row(Index r) const { return data + r * kRowStride; }
+  EIGEN_ALWAYS_INLINE float at(Index r, Index k) const { return data[r * kRowStride + k]; }
+};
+
+/// Computes a kRows x (kPackets * kPacketSize) block of C from A [kRows, depth] (a Lhs or a
+/// FixedStrideLhs) and the rows of B
+/// at columns [col, col + kPackets * kPacketSize) (a PackedRows, or SourceRows read straight from
+/// a KV source). B's per-row scale (int8 values) multiplies A's column. c must be aligned,
+/// c_stride a multiple of the packet size. Accumulators live in registers for the whole depth
+/// loop. B's prefetch hook runs when `prefetch` is set (once per row of B, not once per panel).
+template <int kRows, int kPackets, Accumulate kMode, class BRows, class A>
+EIGEN_ALWAYS_INLINE void micro_kernel(const A& a, const BRows& b, Index col, Index depth,
+                                      float* c, Index c_stride, const float* row_scale,
+                                      bool prefetch) {
   using namespace Eigen::internal;
   Packet acc[kRows][kPackets];
   HEADROOM_UNROLL
@@ -114,15 +162,20 @@ EIGEN_ALWAYS_INLINE void micro_kernel(const float* a, Index a_stride, const BRow
       }
     }
   }
+  // Local copies: the prefetcher writes memory, and the compiler would otherwise reload every
+  // field of a and b after each of its steps.
+  const A a_local = a;
+  const BRows b_local = b;
+  auto prefetch_plan = b_local.prefetch_plan(prefetch ? depth : 0);
   for (Index k = 0; k < depth; ++k) {
-    if (col == 0) b.prefetch(k);  // later column panels find the row in L1
+    prefetch_plan.step(k);
     Packet b_row[kPackets];
     HEADROOM_UNROLL
-    for (int p = 0; p < kPackets; ++p) b_row[p] = b.load(k, col + p * kPacketSize);
-    const float b_scale = b.scale(k);
+    for (int p = 0; p < kPackets; ++p) b_row[p] = b_local.load(k, col + p * kPacketSize);
+    const float b_scale = b_local.scale(k);
     HEADROOM_UNROLL
     for (int r = 0; r < kRows; ++r) {
-      const Packet a_rk = pset1<Packet>(a[r * a_stride + k] * b_scale);
+      const Packet a_rk = pset1<Packet>(a_local.at(r, k) * b_scale);
       HEADROOM_UNROLL
       for (int p = 0; p < kPackets; ++p) acc[r][p] = pmadd(a_rk, b_row[p], acc[r][p]);
     }
@@ -137,55 +190,55 @@ EIGEN_ALWAYS_INLINE void micro_kernel(const float* a, Index a_stride, const BRow
 /// Computes kRows rows of C [kRows, columns] with the micro-kernel, walking the columns in register
 /// tiles; `columns` is a multiple of kPacketSize.
 template <int kRows, Accumulate kMode, class BRows>
-EIGEN_ALWAYS_INLINE void row_panel(const float* a, Index a_stride, const BRows& b, Index depth,
-                                   float* c, Index c_stride, Index columns,
-                                   const float* row_scale) {
+EIGEN_ALWAYS_INLINE void row_panel(const Lhs& a, const BRows& b, Index depth, float* c,
+                                   Index c_stride, Index columns, const float* row_scale) {
   // Rows read straight from a KV source are best walked whole: one or two rows leave room for
   // twice the accumulators, and each V row is then read once, front to back, instead of half by half.
   constexpr int kPanelPackets = BRows::kStreamed && kRows <= 2 ? 2 * kTilePackets : kTilePackets;
   constexpr Index kTileColumns = kPanelPackets * kPacketSize;
   Index col = 0;
   for (; col + kTileColumns <= columns; col += kTileColumns) {
-    micro_kernel<kRows, kPanelPackets, kMode>(a, a_stride, b, col, depth, c + col, c_stride,
-                                              row_scale);
+    micro_kernel<kRows, kPanelPackets, kMode>(a, b, col, depth, c + col, c_stride, row_scale,
+                                              col == 0);
   }
   if constexpr (kPanelPackets > kTilePackets) {
     for (; col + kTilePackets * kPacketSize <= columns; col += kTilePackets * kPacketSize) {
-      micro_kernel<kRows, kTilePackets, kMode>(a, a_stride, b, col, depth, c + col, c_stride,
-                                               row_scale);
+      micro_kernel<kRows, kTilePackets, kMode>(a, b, col, depth, c + col, c_stride, row_scale,
+                                               col == 0);
     }
   }
   for (; col < columns; col += kPacketSize) {
-    micro_kernel<kRows, 1, kMode>(a, a_stride, b, col, depth, c + col, c_stride, row_scale);
+    micro_kernel<kRows, 1, kMode>(a, b, col, depth, c + col, c_stride, row_scale, col == 0);
   }
 }
 
-/// Calls fn(std::integral_constant<int, rows>{}) for a row count in [1, kTileRows], so kernels
-/// see their row count at compile time and keep their accumulators in registers.
+/// Calls fn(std::integral_constant<int, n>{}) for n in [1, kMax], so kernels see their row count
+/// at compile time and keep their accumulators in registers.
+template <int kMax, class Fn>
+EIGEN_ALWAYS_INLINE void dispatch_up_to(Index n, Fn&& fn) {
+  HEADROOM_DASSERT(n >= 1 && n <= kMax);
+  if constexpr (kMax >= 1) {
+    if (n == kMax) {
+      fn(std::integral_constant<int, kMax>{});
+    } else {
+      dispatch_up_to<kMax - 1>(n, fn);
+    }
+  }
+}
+
+/// dispatch_up_to for a block of at most kTileRows rows.
 template <class Fn>
 EIGEN_ALWAYS_INLINE void dispatch_rows(Index rows, Fn&& fn) {
-  static_assert(kTileRows <= 6, "dispatch_rows handles at most 6 rows; extend the switch.");
-  HEADROOM_DASSERT(rows >= 1 && rows <= kTileRows);
-  using std::integral_constant;
-  switch (rows) {
-    case 1: fn(integral_constant<int, 1>{}); break;
-    case 2: fn(integral_constant<int, 2>{}); break;
-    case 3: fn(integral_constant<int, 3>{}); break;
-    case 4: fn(integral_constant<int, 4>{}); break;
-    case 5: if constexpr (kTileRows >= 5) fn(integral_constant<int, 5>{}); break;
-    case 6: if constexpr (kTileRows >= 6) fn(integral_constant<int, 6>{}); break;
-    default: break;
-  }
+  dispatch_up_to<kTileRows>(rows, fn);
 }
 
 /// Computes `rows` (at most kTileRows) rows of C = A.B (or diag(row_scale).C + A.B) with the
 /// micro-kernel; B is a PackedRows or a SourceRows.
 template <Accumulate kMode, class BRows>
-inline void gemm_rows(Index rows, const float* a, Index a_stride, const BRows& b, Index depth,
-                      float* c, Index c_stride, Index columns, const float* row_scale) {
+inline void gemm_rows(Index rows, const Lhs& a, const BRows& b, Index depth, float* c,
+                      Index c_stride, Index columns, const float* row_scale) {
   dispatch_rows(rows, [&](auto rows_tag) {
-    row_panel<decltype(rows_tag)::value, kMode>(a, a_stride, b, depth, c, c_stride, columns,
-                                                row_scale);
+    row_panel<decltype(rows_tag)::value, kMode>(a, b, depth, c, c_stride, columns, row_scale);
   });
 }
 

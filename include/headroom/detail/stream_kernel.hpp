@@ -99,8 +99,16 @@ struct SourceRows {
     if constexpr (kHasScale<T>) return scales[k];
     return 1.0f;
   }
-  EIGEN_ALWAYS_INLINE void prefetch(Index k) const {
-    if (ahead != nullptr) prefetch_row(ahead[k], row_bytes);
+  /// Requests row ahead[k] at step k of a product (when `depth` > 0 and there are such rows).
+  struct Plan {
+    const T* const* ahead;
+    Index row_bytes;
+    EIGEN_ALWAYS_INLINE void step(Index k) const {
+      if (ahead != nullptr) prefetch_row(ahead[k], row_bytes);
+    }
+  };
+  EIGEN_ALWAYS_INLINE Plan prefetch_plan(Index depth) const {
+    return Plan{depth > 0 ? ahead : nullptr, row_bytes};
   }
 };
 
