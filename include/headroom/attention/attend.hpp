@@ -235,12 +235,19 @@ void gather_tile_rows(const Source& source, Index b, Index kv_head, Index k0, In
   }
 }
 
-/// Converts the tile's K rows to f32 in `k` [kKeyTile, dk] (int8 scale folded in): the key-major
-/// product then reads them at a stride known at compile time (see FixedStrideLhs), whatever the
-/// source's layout. Keys past the last are never read.
+/// Returns the tile's K rows as f32, one after the other (row c at + c * dk), as the key-major
+/// product reads them at a stride known at compile time (see FixedStrideLhs): in place when the
+/// source stores them so (f32 cache rows of one block), else converted into `k` [kKeyTile, dk]
+/// with the int8 scale folded in. Keys past the last are never read.
 template <class T>
-void pack_k_tile(const TileRows<T>& rows, Index dk, Index k_dim_stride, float* k) {
+const float* packed_k_rows(const TileRows<T>& rows, Index dk, Index k_row_stride,
+                           Index k_dim_stride, float* k) {
   using namespace Eigen::internal;
+  if constexpr (std::is_same_v<T, float>) {
+    bool in_place = k_dim_stride == 1 && k_row_stride == dk;
+    for (Index c = 1; c < rows.count && in_place; ++c) in_place = rows.k[c] == rows.k[0] + c * dk;
+    if (in_place) return rows.k[0];
+  }
   for (Index c = 0; c < rows.count; ++c) {
     float* row = k + c * dk;
     if (dk % kPacketSize == 0 && k_dim_stride == 1) {
@@ -254,6 +261,7 @@ void pack_k_tile(const TileRows<T>& rows, Index dk, Index k_dim_stride, float* k
       }
     }
   }
+  return k;
 }
 
 /// Converts the V tile to f32 rows in `v` [kKeyTile, dv_pad] (int8 scale folded in), zero past
@@ -506,10 +514,11 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       }
       prefetcher = &scratch.prefetcher;
     }
-    pack_k_tile(tile, dk, source.k_dim_stride(), scratch.k.data());
+    const float* k_rows = packed_k_rows(tile, dk, source.k_row_stride(), source.k_dim_stride(),
+                                        scratch.k.data());
     float* scores = scratch.scores.data();
-    key_major_scores<kDk>(scratch.k.data(), tile.count, scratch.q.data(), rows_pad, dk,
-                          packet_first, packet_end, scores, prefetcher);
+    key_major_scores<kDk>(k_rows, tile.count, scratch.q.data(), rows_pad, dk, packet_first,
+                          packet_end, scores, prefetcher);
     if (options.softcap > 0.0f) apply_softcap(scores, tile.count * rows_pad);
     const bool unmasked = k0 >= keys.first(position(rows - 1)) && k1 <= keys.end(position(0)) &&
                           k1 - k0 == kKeyTile;
