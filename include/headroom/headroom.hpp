@@ -18,3 +18,9 @@
 #include "headroom/attention/kv_source.hpp"
 #include "headroom/attention/merge.hpp"
 #include "headroom/attention/options.hpp"
+
+#include "headroom/mla/latent_cache.hpp"
+#include "headroom/mla/mla_attention.hpp"
+#include "headroom/mla/mla_config.hpp"
+#include "headroom/mla/mla_cost.hpp"
+#include "headroom/mla/mla_weights.hpp"

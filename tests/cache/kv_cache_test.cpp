@@ -10,6 +10,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "headroom/attention/attend.hpp"
@@ -91,6 +92,47 @@ TYPED_TEST(KvCacheTypedTest, PrefillThenDecodeStepsEqualsOnePrefill) {
       // (tiles start at different keys, splits merge), so 1e-5 holds for every element type.
       ASSERT_EQ(got.size(), expected.size());
       for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], expected[i], 1e-5) << i;
+    }
+  }
+}
+
+TYPED_TEST(KvCacheTypedTest, ValuesInKeysReadValuesFromTheKeyRows) {
+  using T = TypeParam;
+  std::mt19937 rng(41);
+  const Index len = 150, kv_heads = 1;
+  // (dk, dv): packet multiples (MLA's absorbed shape, scaled down) and not; 2 query heads stream K
+  // and V straight from the cache, 16 pack them into tiles.
+  for (const auto& [dk, dv] : {std::pair<Index, Index>{48, 32}, {20, 16}, {24, 24}})
+  for (Index heads : {2, 16}) {
+    SCOPED_TRACE("dk " + std::to_string(dk) + " dv " + std::to_string(dv) + " heads " +
+                 std::to_string(heads));
+    Tokens k(len, kv_heads, dk, rng), q(3, heads, dk, rng);
+    KvCache<T> cache(KvCacheConfig{kv_heads, dk, dv, 1, len, false, true});
+    cache.append(0, k.all());
+    PagedKvCache<T> paged(PagedKvCacheConfig{kv_heads, dk, dv, 16, 10, true});
+    const Index id = paged.add_sequence();
+    paged.append(id, k.range(0, 100));
+    paged.append(id, k.range(100, len));
+    // The reference reads what the cache stored (so the test is about where V comes from, not
+    // about rounding): K back from the cache, V its first dv columns.
+    std::vector<float> stored(len * dk);
+    const auto view = cache.view({0});
+    for (Index j = 0; j < len; ++j) {
+      const float scale = view.k_scales(0, j, 0) != nullptr ? *view.k_scales(0, j, 0) : 1.0f;
+      for (Index d = 0; d < dk; ++d) stored[j * dk + d] = scale * static_cast<float>(view.k_row(0, j, 0)[d]);
+    }
+    const auto k_stored = TensorView<const float>::bshd(stored.data(), 1, len, 1, dk);
+    auto v_stored = k_stored;
+    v_stored.dim = dv;
+    AttentionOptions options;
+    options.mask = Mask::causal();
+    const reference::Result expected = reference::attend(q.all(), k_stored, v_stored, options);
+    const std::vector<float> got = run_attend_on(q.all(), view, options, dv);
+    const std::vector<float> got_paged = run_attend_on(q.all(), paged.view({id}), options, dv);
+    // f32 sums over at most 150 keys of O(1) products: a few ulp of the output scale.
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_NEAR(got[i], expected.out[i], 1e-5) << i;
+      ASSERT_EQ(got_paged[i], got[i]) << i;
     }
   }
 }
@@ -222,6 +264,12 @@ TEST(KvCacheTest, BytesPerTokenAreExact) {
   EXPECT_EQ(KvCache<float>(config).bytes_total(), 8 * (128 + 64) * 4 * 2 * 100);
   PagedKvCache<std::int8_t> paged(PagedKvCacheConfig{8, 128, 64, 16, 10});
   EXPECT_EQ(paged.bytes_total(), (8 * (128 + 64) + 8 * 2 * 4) * 16 * 10);
+  // Values in keys: K alone, and one int8 scale per token and head.
+  const KvCacheConfig in_keys{8, 128, 64, 2, 100, false, true};
+  EXPECT_EQ(KvCache<float>(in_keys).bytes_per_token(), 8 * 128 * 4);
+  EXPECT_EQ(KvCache<std::int8_t>(in_keys).bytes_per_token(), 8 * 128 + 8 * 4);
+  EXPECT_EQ(PagedKvCache<Eigen::half>(PagedKvCacheConfig{8, 128, 64, 16, 10, true}).bytes_total(),
+            8 * 128 * 2 * 16 * 10);
 }
 
 TEST(KvCacheTest, TruncateRollsBackSpeculativeTokens) {

@@ -25,6 +25,10 @@ struct KvCacheConfig {
   /// the oldest (for sliding-window models: capacity >= window + the longest chunk appended and
   /// attended at once); when false, appending past capacity is an error.
   bool ring_buffer = false;
+  /// When true no V is stored: a token's value is the first head_dim_v elements of its key row
+  /// (head_dim_v <= head_dim_k), and append takes keys alone. MLA's latent cache (see
+  /// mla/latent_cache.hpp): one copy of the latent serves as key and value.
+  bool values_in_keys = false;
 };
 
 template <class T>
@@ -76,7 +80,8 @@ class KvCache {
  public:
   explicit KvCache(const KvCacheConfig& config) : config_(validated(config)) {
     rows_ = detail::KvRows<T>(config_.num_sequences * config_.capacity, config_.capacity,
-                              config_.num_kv_heads, config_.head_dim_k, config_.head_dim_v);
+                              config_.num_kv_heads, config_.head_dim_k, config_.head_dim_v,
+                              config_.values_in_keys);
     length_.assign(static_cast<size_t>(config_.num_sequences), 0);
     first_.assign(static_cast<size_t>(config_.num_sequences), 0);
   }
@@ -87,30 +92,24 @@ class KvCache {
   ///   v: [sequence_ids.size(), new_tokens, num_kv_heads, head_dim_v]
   void append(const std::vector<Index>& sequence_ids, TensorView<const float> k,
               TensorView<const float> v) {
-    constexpr const char* kWhere = "KvCache::append";
-    detail::check_sequence_ids(kWhere, sequence_ids, [&](Index id) { return has_sequence(id); });
-    detail::check_append_tensors<T>(kWhere, k, v, static_cast<Index>(sequence_ids.size()),
-                                    config_.num_kv_heads, config_.head_dim_k, config_.head_dim_v);
-    for (Index id : sequence_ids) {
-      const Index limit = config_.ring_buffer ? config_.capacity
-                                              : config_.capacity - length_[id];
-      HEADROOM_CHECK(k.seq <= limit, kWhere, "appending ", k.seq, " tokens to sequence ", id,
-                     " of length ", length_[id], " exceeds the capacity (", config_.capacity,
-                     config_.ring_buffer ? " tokens at once in a ring buffer)" : " tokens)");
-    }
-    for (size_t b = 0; b < sequence_ids.size(); ++b) {
-      const Index id = sequence_ids[b];
-      for (Index s = 0; s < k.seq; ++s) {
-        rows_.write(row_of(id, length_[id] + s), k, v, static_cast<Index>(b), s, staging_);
-      }
-      length_[id] += k.seq;
-      if (config_.ring_buffer) first_[id] = std::max(first_[id], length_[id] - config_.capacity);
-    }
+    append_rows(sequence_ids, k, &v);
   }
 
   /// Appends to one sequence; k and v have batch 1.
   void append(Index sequence_id, TensorView<const float> k, TensorView<const float> v) {
     append(std::vector<Index>{sequence_id}, k, v);
+  }
+
+  /// Appends keys alone to a cache with values_in_keys (each value is the first head_dim_v
+  /// elements of its key); otherwise as the overload with values.
+  ///   k: [sequence_ids.size(), new_tokens, num_kv_heads, head_dim_k]
+  void append(const std::vector<Index>& sequence_ids, TensorView<const float> k) {
+    append_rows(sequence_ids, k, nullptr);
+  }
+
+  /// Appends keys alone to one sequence; k has batch 1.
+  void append(Index sequence_id, TensorView<const float> k) {
+    append(std::vector<Index>{sequence_id}, k);
   }
 
   /// Returns a KV source over the given sequences, in that order, for headroom::attend.
@@ -157,8 +156,8 @@ class KvCache {
   const KvCacheConfig& config() const { return config_; }
   Index capacity() const { return config_.capacity; }
   bool has_sequence(Index id) const { return id >= 0 && id < config_.num_sequences; }
-  /// Returns the bytes one token of one sequence takes: K and V of every kv head, plus the int8
-  /// scales.
+  /// Returns the bytes one token of one sequence takes: K and V of every kv head (K alone with
+  /// values_in_keys), plus the int8 scales.
   Index bytes_per_token() const { return rows_.bytes_per_row(); }
   /// Returns the bytes allocated for keys, values and scales.
   Index bytes_total() const {
@@ -174,7 +173,34 @@ class KvCache {
     detail::check_cache_layout<T>(kWhere, config.num_kv_heads, config.head_dim_k,
                                   config.head_dim_v, "num_sequences", config.num_sequences,
                                   "capacity", config.capacity);
+    detail::check_values_in_keys(kWhere, config.values_in_keys, config.head_dim_k,
+                                 config.head_dim_v);
     return config;
+  }
+
+  /// Appends k (and *v unless values_in_keys) after checking everything, all or nothing.
+  void append_rows(const std::vector<Index>& sequence_ids, const TensorView<const float>& k,
+                   const TensorView<const float>* v) {
+    constexpr const char* kWhere = "KvCache::append";
+    detail::check_append_kind(kWhere, config_.values_in_keys, v != nullptr);
+    detail::check_sequence_ids(kWhere, sequence_ids, [&](Index id) { return has_sequence(id); });
+    detail::check_append_tensors<T>(kWhere, k, v, static_cast<Index>(sequence_ids.size()),
+                                    config_.num_kv_heads, config_.head_dim_k, config_.head_dim_v);
+    for (Index id : sequence_ids) {
+      const Index limit = config_.ring_buffer ? config_.capacity
+                                              : config_.capacity - length_[id];
+      HEADROOM_CHECK(k.seq <= limit, kWhere, "appending ", k.seq, " tokens to sequence ", id,
+                     " of length ", length_[id], " exceeds the capacity (", config_.capacity,
+                     config_.ring_buffer ? " tokens at once in a ring buffer)" : " tokens)");
+    }
+    for (size_t b = 0; b < sequence_ids.size(); ++b) {
+      const Index id = sequence_ids[b];
+      for (Index s = 0; s < k.seq; ++s) {
+        rows_.write(row_of(id, length_[id] + s), k, v, static_cast<Index>(b), s, staging_);
+      }
+      length_[id] += k.seq;
+      if (config_.ring_buffer) first_[id] = std::max(first_[id], length_[id] - config_.capacity);
+    }
   }
 
   void check_id(const char* where, Index id) const {

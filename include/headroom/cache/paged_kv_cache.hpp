@@ -22,6 +22,9 @@ struct PagedKvCacheConfig {
   Index head_dim_v = 0;   // 0 means head_dim_k
   Index block_size = 16;  // tokens per block
   Index num_blocks = 0;   // blocks in the pool
+  /// When true no V is stored: a token's value is the first head_dim_v elements of its key row
+  /// (head_dim_v <= head_dim_k), and append takes keys alone (MLA's latent cache).
+  bool values_in_keys = false;
 };
 
 template <class T>
@@ -92,7 +95,8 @@ class PagedKvCache {
  public:
   explicit PagedKvCache(const PagedKvCacheConfig& config) : config_(validated(config)) {
     rows_ = detail::KvRows<T>(config_.num_blocks * config_.block_size, config_.block_size,
-                              config_.num_kv_heads, config_.head_dim_k, config_.head_dim_v);
+                              config_.num_kv_heads, config_.head_dim_k, config_.head_dim_v,
+                              config_.values_in_keys);
     references_.assign(static_cast<size_t>(config_.num_blocks), 0);
     for (Index block = config_.num_blocks - 1; block >= 0; --block) free_.push_back(block);
   }
@@ -127,40 +131,24 @@ class PagedKvCache {
   ///   v: [sequence_ids.size(), new_tokens, num_kv_heads, head_dim_v]
   void append(const std::vector<Index>& sequence_ids, TensorView<const float> k,
               TensorView<const float> v) {
-    constexpr const char* kWhere = "PagedKvCache::append";
-    detail::check_sequence_ids(kWhere, sequence_ids, [&](Index id) { return has_sequence(id); });
-    detail::check_append_tensors<T>(kWhere, k, v, static_cast<Index>(sequence_ids.size()),
-                                    config_.num_kv_heads, config_.head_dim_k, config_.head_dim_v);
-    const Index blocks_needed = blocks_needed_for(sequence_ids, k.seq);
-    HEADROOM_CHECK(blocks_needed <= static_cast<Index>(free_.size()), kWhere, "appending ",
-                   k.seq, " tokens to ", sequence_ids.size(), " sequences needs ", blocks_needed,
-                   " free blocks but the pool has ", free_.size(), " of ", config_.num_blocks);
-    for (size_t b = 0; b < sequence_ids.size(); ++b) {
-      Sequence& seq = sequences_.at(sequence_ids[b]);
-      for (Index s = 0; s < k.seq; ++s) {
-        const Index pos = seq.length, offset = pos % config_.block_size;
-        if (offset == 0) {
-          seq.blocks.push_back(take_block());
-        } else if (references_[seq.blocks.back()] > 1) {
-          // Copy-on-write: the last block is shared with a fork and about to change.
-          const Index copy = take_block();
-          for (Index i = 0; i < offset; ++i) {
-            rows_.copy_row(seq.blocks.back() * config_.block_size + i,
-                           copy * config_.block_size + i);
-          }
-          --references_[seq.blocks.back()];
-          seq.blocks.back() = copy;
-        }
-        rows_.write(seq.blocks.back() * config_.block_size + offset, k, v,
-                    static_cast<Index>(b), s, staging_);
-        ++seq.length;
-      }
-    }
+    append_rows(sequence_ids, k, &v);
   }
 
   /// Appends to one sequence; k and v have batch 1.
   void append(Index sequence_id, TensorView<const float> k, TensorView<const float> v) {
     append(std::vector<Index>{sequence_id}, k, v);
+  }
+
+  /// Appends keys alone to a pool with values_in_keys (each value is the first head_dim_v
+  /// elements of its key); otherwise as the overload with values.
+  ///   k: [sequence_ids.size(), new_tokens, num_kv_heads, head_dim_k]
+  void append(const std::vector<Index>& sequence_ids, TensorView<const float> k) {
+    append_rows(sequence_ids, k, nullptr);
+  }
+
+  /// Appends keys alone to one sequence; k has batch 1.
+  void append(Index sequence_id, TensorView<const float> k) {
+    append(std::vector<Index>{sequence_id}, k);
   }
 
   /// Returns a KV source over the given sequences, in that order, for headroom::attend.
@@ -198,7 +186,8 @@ class PagedKvCache {
   bool has_sequence(Index id) const { return sequences_.count(id) != 0; }
   Index free_blocks() const { return static_cast<Index>(free_.size()); }
   const PagedKvCacheConfig& config() const { return config_; }
-  /// Returns the bytes one token takes: K and V of every kv head, plus the int8 scales.
+  /// Returns the bytes one token takes: K and V of every kv head (K alone with values_in_keys),
+  /// plus the int8 scales.
   Index bytes_per_token() const { return rows_.bytes_per_row(); }
   /// Returns the bytes allocated for the pool.
   Index bytes_total() const { return bytes_per_token() * config_.num_blocks * config_.block_size; }
@@ -217,7 +206,44 @@ class PagedKvCache {
     detail::check_cache_layout<T>(kWhere, config.num_kv_heads, config.head_dim_k,
                                   config.head_dim_v, "num_blocks", config.num_blocks,
                                   "block_size", config.block_size);
+    detail::check_values_in_keys(kWhere, config.values_in_keys, config.head_dim_k,
+                                 config.head_dim_v);
     return config;
+  }
+
+  /// Appends k (and *v unless values_in_keys) after checking everything, all or nothing.
+  void append_rows(const std::vector<Index>& sequence_ids, const TensorView<const float>& k,
+                   const TensorView<const float>* v) {
+    constexpr const char* kWhere = "PagedKvCache::append";
+    detail::check_append_kind(kWhere, config_.values_in_keys, v != nullptr);
+    detail::check_sequence_ids(kWhere, sequence_ids, [&](Index id) { return has_sequence(id); });
+    detail::check_append_tensors<T>(kWhere, k, v, static_cast<Index>(sequence_ids.size()),
+                                    config_.num_kv_heads, config_.head_dim_k, config_.head_dim_v);
+    const Index blocks_needed = blocks_needed_for(sequence_ids, k.seq);
+    HEADROOM_CHECK(blocks_needed <= static_cast<Index>(free_.size()), kWhere, "appending ",
+                   k.seq, " tokens to ", sequence_ids.size(), " sequences needs ", blocks_needed,
+                   " free blocks but the pool has ", free_.size(), " of ", config_.num_blocks);
+    for (size_t b = 0; b < sequence_ids.size(); ++b) {
+      Sequence& seq = sequences_.at(sequence_ids[b]);
+      for (Index s = 0; s < k.seq; ++s) {
+        const Index pos = seq.length, offset = pos % config_.block_size;
+        if (offset == 0) {
+          seq.blocks.push_back(take_block());
+        } else if (references_[seq.blocks.back()] > 1) {
+          // Copy-on-write: the last block is shared with a fork and about to change.
+          const Index copy = take_block();
+          for (Index i = 0; i < offset; ++i) {
+            rows_.copy_row(seq.blocks.back() * config_.block_size + i,
+                           copy * config_.block_size + i);
+          }
+          --references_[seq.blocks.back()];
+          seq.blocks.back() = copy;
+        }
+        rows_.write(seq.blocks.back() * config_.block_size + offset, k, v,
+                    static_cast<Index>(b), s, staging_);
+        ++seq.length;
+      }
+    }
   }
 
   const Sequence& sequence(const char* where, Index id) const {
