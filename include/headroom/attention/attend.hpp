@@ -512,7 +512,8 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       scratch.prefetcher.clear();
       for (Index c = 0; c < next->count; ++c) {
         scratch.prefetcher.add(next->k[c], dk * Index{sizeof(Element)});
-        scratch.prefetcher.add(next->v[c], dv * Index{sizeof(Element)});
+        // Values stored inside the key rows (MLA's latent cache) come with them.
+        if (next->v[c] != next->k[c]) scratch.prefetcher.add(next->v[c], dv * Index{sizeof(Element)});
       }
       prefetcher = &scratch.prefetcher;
     }

@@ -68,7 +68,11 @@ class LinePrefetcher {
   void add(const void* row, Index bytes) {
     if (row == nullptr) return;
     const char* at = static_cast<const char*>(row);
-    for (Index offset = 0; offset < bytes; offset += 64) lines_.push_back(at + offset);
+    const size_t first = lines_.size();
+    const Index count = (bytes + 63) / 64;
+    lines_.resize(first + static_cast<size_t>(count));
+    const char** lines = lines_.data() + first;
+    for (Index i = 0; i < count; ++i) lines[i] = at + i * 64;
   }
   /// Hands out the lines a product of `depth` rows requests.
   Slice take(Index depth) {
