@@ -333,8 +333,8 @@ void pack_transposed(Index rows, Index dim, const RowAt& row, Index dim_stride, 
 /// the rows of packets [packet_first, packet_end). The K rows are the broadcast operand, read as
 /// they are stored, and Q^T [dk, rows_padded] (packed once per work item) the vector one: no tile
 /// is ever transposed, and the softmax that follows runs along the lanes. Panels of Q^T are the
-/// outer loop, so each stays in L1 while the keys stream past it. The first panel steps the
-/// prefetcher (the next tile's lines).
+/// outer loop, so each stays in L1 while the keys stream past it. The first panel requests
+/// the next tile's lines, spread evenly over its products.
 /// \tparam kDk the head dim (and K row stride) when fixed at compile time, or kDynamicDim.
 template <int kDk>
 void key_major_scores(const float* k, Index count, const float* q_t, Index rows_padded, Index dk,
@@ -358,6 +358,9 @@ void key_major_scores(const float* k, Index count, const float* q_t, Index rows_
                                                               nullptr, true);
       }
     };
+    if (prefetcher != nullptr && p == packet_first) {
+      prefetcher->spread_over((count + kKeys - 1) / kKeys * dk);
+    }
     Index c = 0;
     for (; c + kKeys <= count; c += kKeys) block(c, std::integral_constant<int, kKeys>{});
     if (c < count) dispatch_up_to<kKeys - 1>(count - c, [&](auto n) { block(c, n); });
