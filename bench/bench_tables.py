@@ -65,6 +65,27 @@ def main(path):
               f"{fmt(run['tok_s'], 0)} | {fmt(run['bytes_per_second'] / 1e9, 1)} | "
               f"{fmt(run['read_bw'] / 1e9, 1)} | {fmt(run['roof'])} |")
 
+    print()
+    print("| MLA decode, DeepSeek-V2-Lite attention | type | cache | threads | ms/step | tok/s | GB/s | roof |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, run in runs.items():
+        m = re.match(r"BM_MlaDecode/(\w+)/(\w+)/kv:(\d+)/threads:(\d+)$", name)
+        if not m:
+            continue
+        print(f"| {m[2]} | {m[1]} | {m[3]} | {m[4]} | {fmt(run['real_time'] / 1e3, 2)} | "
+              f"{fmt(run['tok_s'], 0)} | {fmt(run['bytes_per_second'] / 1e9, 1)} | "
+              f"{fmt(run['roof'])} |")
+
+    print()
+    print("| KV budget, 16 heads x 128, bf16 | bytes/token | MiB per 32k context | decode tok/s (2 threads) |")
+    print("|---|---|---|---|")
+    for name, run in runs.items():
+        m = re.match(r"BM_KvBudget/\w+/\w+/(\w+)/kv:(\d+)$", name)
+        if not m:
+            continue
+        print(f"| {m[1]} | {fmt(run['bytes_per_token'], 0)} | {fmt(run['MiB_per_32k'], 0)} | "
+              f"{fmt(run['tok_s'], 0)} |")
+
 
 if __name__ == "__main__":
     main(sys.argv[1])

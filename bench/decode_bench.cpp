@@ -12,62 +12,20 @@
 #include "headroom/attention/attend.hpp"
 #include "headroom/attention/cost.hpp"
 #include "headroom/cache/kv_cache.hpp"
+#include "layer_caches.hpp"
 #include "roofline.hpp"
 
 namespace headroom::bench {
 namespace {
 
-/// Fills a cache with `length` tokens of random keys and values, 1024 tokens per append.
-template <class T>
-std::unique_ptr<KvCache<T>> filled_cache(Index num_kv_heads, Index head_dim, Index length,
-                                         std::mt19937& rng) {
-  auto cache = std::make_unique<KvCache<T>>(
-      KvCacheConfig{num_kv_heads, head_dim, head_dim, 1, length, false});
-  const Index chunk = std::min<Index>(1024, length);
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  std::vector<float> data(chunk * num_kv_heads * head_dim);
-  for (float& x : data) x = dist(rng);
-  const auto view = TensorView<const float>::bshd(data.data(), 1, chunk, num_kv_heads, head_dim);
-  for (Index done = 0; done < length; done += chunk) {
-    // Shifts every chunk so no two pages of the cache hold the same bytes (the host may merge
-    // identical pages, and decode would then read a cache instead of DRAM).
-    for (float& x : data) x += 1.0f / 1024.0f;
-    cache->append(0, view, view);
-  }
-  return cache;
-}
-
-/// Runs decode steps (B = 1, one query, Hq = 32, D = 128) over a cache of `length` tokens. Caches
-/// smaller than 128 MiB are replicated, one per layer, and the steps walk the layers in turn, as a
-/// model does, so every step reads its keys from DRAM rather than from the 32 MiB L3.
-/// The layer caches of one decode shape, kept between the runs Google Benchmark makes of the same
-/// benchmark (its iteration-count probes and repetitions), since filling gigabytes takes seconds.
-template <class T>
-const std::vector<std::unique_ptr<KvCache<T>>>& decode_layers(Index num_kv_heads, Index head_dim,
-                                                               Index length) {
-  static std::vector<std::unique_ptr<KvCache<T>>> layers;
-  static Index filled_for[2] = {0, 0};
-  if (layers.empty() || filled_for[0] != num_kv_heads || filled_for[1] != length) {
-    layers.clear();  // one shape at a time: the largest take gigabytes
-    std::mt19937 rng(1);
-    layers.push_back(filled_cache<T>(num_kv_heads, head_dim, length, rng));
-    const Index cache_bytes = layers[0]->bytes_per_token() * length;
-    const Index num_layers =
-        std::max<Index>(1, ((Index{128} << 20) + cache_bytes - 1) / cache_bytes);
-    for (Index l = 1; l < num_layers; ++l) {
-      layers.push_back(filled_cache<T>(num_kv_heads, head_dim, length, rng));
-    }
-    filled_for[0] = num_kv_heads;
-    filled_for[1] = length;
-  }
-  return layers;
-}
-
+/// Runs decode steps (B = 1, one query, Hq = 32, D = 128) over a cache of `length` tokens (see
+/// layer_caches.hpp: replicated so that every step reads from DRAM).
 template <class T>
 void run_decode(benchmark::State& state, Index num_kv_heads, Index length, int num_threads) {
   constexpr Index kHeads = 32, kDim = 128;
   std::mt19937 rng(1);
-  const auto& layers = decode_layers<T>(num_kv_heads, kDim, length);
+  const auto& layers =
+      layer_caches<T>(KvCacheConfig{num_kv_heads, kDim, kDim, 1, length, false}, length);
   const Index cache_bytes = layers[0]->bytes_per_token() * length;
   std::vector<float> q(kHeads * kDim), out(kHeads * kDim);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);

@@ -15,6 +15,7 @@
 
 #include "headroom/attention/attend.hpp"
 #include "headroom/cache/paged_kv_cache.hpp"
+#include "expect_error.hpp"
 #include "reference.hpp"
 
 namespace headroom {
@@ -313,17 +314,7 @@ TEST(PagedKvCacheTest, ForkSharesBlocksAndCopiesOnWrite) {
   EXPECT_EQ(cache.free_blocks(), 8);
 }
 
-/// Expects `call` to throw headroom::Error containing `message`.
-template <class Call>
-void expect_error(Call&& call, const std::string& message) {
-  try {
-    call();
-    ADD_FAILURE() << "no error for: " << message;
-  } catch (const Error& error) {
-    EXPECT_NE(std::string(error.what()).find(message), std::string::npos)
-        << "got: " << error.what() << "\nwanted: " << message;
-  }
-}
+using testing::expect_error;
 
 TEST(KvCacheTest, RejectedCallsLeaveTheCacheUnchanged) {
   std::mt19937 rng(23);

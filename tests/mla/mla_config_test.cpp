@@ -14,22 +14,13 @@
 #include "headroom/mla/latent_cache.hpp"
 #include "headroom/mla/mla_attention.hpp"
 #include "headroom/mla/mla_weights.hpp"
+#include "expect_error.hpp"
 #include "reference.hpp"
 
 namespace headroom {
 namespace {
 
-/// Expects `call` to throw headroom::Error containing `message`.
-template <class Call>
-void expect_error(Call&& call, const std::string& message) {
-  try {
-    call();
-    ADD_FAILURE() << "no error for: " << message;
-  } catch (const Error& error) {
-    EXPECT_NE(std::string(error.what()).find(message), std::string::npos)
-        << "got: " << error.what() << "\nwanted: " << message;
-  }
-}
+using testing::expect_error;
 
 MlaConfig tiny_config() {
   MlaConfig c;

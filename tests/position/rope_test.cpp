@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "expect_error.hpp"
+
 namespace headroom {
 namespace {
 
@@ -175,17 +177,7 @@ std::vector<NamedScaling> all_scalings() {
   };
 }
 
-/// Runs `f` and checks that it throws headroom::Error whose message contains `substring`.
-template <class F>
-void expect_error(F&& f, const std::string& substring) {
-  try {
-    f();
-    ADD_FAILURE() << "no headroom::Error; expected one containing: " << substring;
-  } catch (const Error& error) {
-    EXPECT_NE(std::string(error.what()).find(substring), std::string::npos)
-        << "message: " << error.what() << "\nexpected substring: " << substring;
-  }
-}
+using testing::expect_error;
 
 TEST(RopeTest, DotProductDependsOnlyOnRelativePosition) {
   std::mt19937 rng(1);

@@ -235,6 +235,19 @@ void gather_tile_rows(const Source& source, Index b, Index kv_head, Index k0, In
   }
 }
 
+/// Writes `dim` elements of a K or V row (dim_stride apart) to the aligned f32 row `dst`, times
+/// `scale` (the int8 scale, else 1): in packets when the row is contiguous.
+template <class T>
+void row_to_f32(const T* src, Index dim, Index dim_stride, float scale, float* dst) {
+  using namespace Eigen::internal;
+  if (dim % kPacketSize == 0 && dim_stride == 1) {
+    const Packet factor = pset1<Packet>(scale);
+    for (Index d = 0; d < dim; d += kPacketSize) pstore(dst + d, pmul(load_packet(src + d), factor));
+  } else {
+    for (Index d = 0; d < dim; ++d) dst[d] = scale * static_cast<float>(src[d * dim_stride]);
+  }
+}
+
 /// Returns the tile's K rows as f32, one after the other (row c at + c * dk), as the key-major
 /// product reads them at a stride known at compile time (see FixedStrideLhs): in place when the
 /// source stores them so (f32 cache rows of one block), else converted into `k` [kKeyTile, dk]
@@ -242,48 +255,37 @@ void gather_tile_rows(const Source& source, Index b, Index kv_head, Index k0, In
 template <class T>
 const float* packed_k_rows(const TileRows<T>& rows, Index dk, Index k_row_stride,
                            Index k_dim_stride, float* k) {
-  using namespace Eigen::internal;
   if constexpr (std::is_same_v<T, float>) {
     bool in_place = k_dim_stride == 1 && k_row_stride == dk;
     for (Index c = 1; c < rows.count && in_place; ++c) in_place = rows.k[c] == rows.k[0] + c * dk;
     if (in_place) return rows.k[0];
   }
   for (Index c = 0; c < rows.count; ++c) {
-    float* row = k + c * dk;
-    if (dk % kPacketSize == 0 && k_dim_stride == 1) {
-      const Packet scale = pset1<Packet>(rows.k_scale[c]);
-      for (Index d = 0; d < dk; d += kPacketSize) {
-        pstore(row + d, pmul(load_packet(rows.k[c] + d), scale));
-      }
-    } else {
-      for (Index d = 0; d < dk; ++d) {
-        row[d] = rows.k_scale[c] * static_cast<float>(rows.k[c][d * k_dim_stride]);
-      }
-    }
+    row_to_f32(rows.k[c], dk, k_dim_stride, rows.k_scale[c], k + c * dk);
   }
   return k;
+}
+
+/// Returns whether every value row of the tile is its key row (with the key's scale): a source
+/// that stores V inside K (values_in_keys caches).
+template <class T>
+bool values_are_keys(const TileRows<T>& rows) {
+  for (Index c = 0; c < rows.count; ++c) {
+    if (rows.v[c] != rows.k[c] || rows.v_scale[c] != rows.k_scale[c]) return false;
+  }
+  return true;
 }
 
 /// Converts the V tile to f32 rows in `v` [kKeyTile, dv_pad] (int8 scale folded in), zero past
 /// the last key and past dv: for sources whose rows the P.V product cannot read in place.
 template <class T>
 void pack_v_tile(const TileRows<T>& rows, Index dv, Index dv_pad, Index v_dim_stride, float* v) {
-  using namespace Eigen::internal;
   const Index count = rows.count;
   std::fill(v + count * dv_pad, v + kKeyTile * dv_pad, 0.0f);
   for (Index c = 0; c < count; ++c) {
     float* v_packed = v + c * dv_pad;
-    if (dv % kPacketSize == 0 && v_dim_stride == 1) {
-      const Packet scale = pset1<Packet>(rows.v_scale[c]);
-      for (Index d0 = 0; d0 < dv; d0 += kPacketSize) {
-        pstore(v_packed + d0, pmul(load_packet(rows.v[c] + d0), scale));
-      }
-    } else {
-      for (Index d = 0; d < dv; ++d) {
-        v_packed[d] = rows.v_scale[c] * static_cast<float>(rows.v[c][d * v_dim_stride]);
-      }
-      std::fill(v_packed + dv, v_packed + dv_pad, 0.0f);
-    }
+    row_to_f32(rows.v[c], dv, v_dim_stride, rows.v_scale[c], v_packed);
+    std::fill(v_packed + dv, v_packed + dv_pad, 0.0f);
   }
 }
 
@@ -538,8 +540,16 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
 
     // O = diag(rescale) O + P.V, panels of V columns outermost so each stays in L1 while every
     // block of rows uses it; P is read key-major.
-    if (!shape.v_direct) pack_v_tile(tile, dv, dv_pad, source.v_dim_stride(), scratch.v.data());
-    const Index columns = shape.v_direct ? dv : dv_pad;
+    // Values stored inside the key rows (MLA's latent cache: V is the first dv elements of each
+    // key) are read from the K rows converted above instead of being converted a second time.
+    // (The product loads whole aligned packets: dk and dv must be packet multiples.)
+    const bool values_in_k_rows = !shape.v_direct && k_rows == scratch.k.data() &&
+                                  dk % kPacketSize == 0 && dv % kPacketSize == 0 &&
+                                  values_are_keys(tile);
+    if (!shape.v_direct && !values_in_k_rows) {
+      pack_v_tile(tile, dv, dv_pad, source.v_dim_stride(), scratch.v.data());
+    }
+    const Index columns = shape.v_direct || values_in_k_rows ? dv : dv_pad;
     const auto pv = [&](const auto& v_rows) {
       const auto panel = [&](Index col, auto packets_tag) {
         constexpr int kPackets = decltype(packets_tag)::value;
@@ -563,6 +573,8 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
     };
     if (shape.v_direct) {
       pv(SourceRows<Element>{tile.v, tile.v_scale, nullptr, 0});
+    } else if (values_in_k_rows) {
+      pv(PackedRows{scratch.k.data(), dk, prefetcher});
     } else {
       pv(PackedRows{scratch.v.data(), dv_pad, prefetcher});
     }
