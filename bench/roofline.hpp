@@ -143,9 +143,12 @@ inline double read_bandwidth(int num_threads) {
 /// onwards so that it always comes from DRAM), and both see the same machine.
 class PairedReadProbe {
  public:
+  /// Steps that read more than half the probe's buffer are matched by windows of half of it:
+  /// a window still streams hundreds of MiB, and consecutive windows never overlap.
   PairedReadProbe(int num_threads, Index bytes_per_step)
       : num_threads_(num_threads),
-        floats_(std::max<Index>(Index{1} << 16, bytes_per_step / Index{sizeof(float)})) {}
+        floats_(std::clamp<Index>(bytes_per_step / Index{sizeof(float)}, Index{1} << 16,
+                                  static_cast<Index>(read_probe_buffer().size()) / 2)) {}
 
   /// Reads the next window of bytes_per_step bytes and adds its time to the total.
   void run() {
