@@ -62,6 +62,16 @@ def log2_lengths(ax, lengths, label):
     ax.set_xlim(min(lengths) / 1.5, max(lengths) * 1.5)
 
 
+def figure_legend(fig, axes, **kwargs):
+    """One legend under the panels with every series any panel drew (a filtered run may leave a
+    panel without some of them)."""
+    entries = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=4, **kwargs)
+
+
 def save(fig, out_dir, name):
     path = os.path.join(out_dir, name)
     fig.savefig(path, format="svg", bbox_inches="tight", metadata={"Date": None})
@@ -125,8 +135,7 @@ def prefill_chart(runs, out_dir):
         ax.set_ylabel("GFLOP/s (FP32)")
         ax.set_title(f"{t} thread{'s' if t > 1 else ''}")
         ax.grid(True, alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    figure_legend(fig, axes, fontsize=8)
     fig.suptitle("Causal prefill, B=1, Hq=32 (GQA Hkv=8, MQA Hkv=1), D=128, f32: FLOP rate vs "
                  f"sequence length\n{MACHINE}; numbers at points: fraction of the FMA peak (roof)")
     fig.tight_layout(rect=(0, 0.12, 1, 1))
@@ -154,6 +163,8 @@ def decode_chart(runs, out_dir):
                              figsize=(3.6 * len(variants) + 0.6, 2.9 * len(elements) + 0.9),
                              squeeze=False)
     lengths = sorted({n for series in points.values() for n in series})
+    top = max(max(run["bytes_per_second"], run.get("read_bw", 0.0))
+              for series in points.values() for run in series.values()) / 1e9
     for row, element in enumerate(elements):
         for col, variant in enumerate(variants):
             ax = axes[row][col]
@@ -168,9 +179,12 @@ def decode_chart(runs, out_dir):
                 if all("read_bw" in series[n] for n in xs):
                     ax.plot(xs, [series[n]["read_bw"] / 1e9 for n in xs], "^--", color=COLORS[t],
                             mfc="none", alpha=0.8, label=f"read probe, {label}")
-                for n, y in zip(xs, ys):  # 1 thread below its line, 2 above: they can be close
+                for n, y in zip(xs, ys):
+                    # 1 thread below its line, 2 above, since they can be close; 1 thread's to
+                    # the left instead when below would fall under the axis.
+                    offset = (5, 4) if t != 1 else (-24, 3) if y < 0.1 * top else (5, -10)
                     ax.annotate(f"{series[n]['roof']:.2f}", (n, y), textcoords="offset points",
-                                xytext=(5, -10 if t == 1 else 4), fontsize=7, color=COLORS[t])
+                                xytext=offset, fontsize=7, color=COLORS[t])
             ax.set_title(f"{variant}, {element}")
             ax.grid(True, alpha=0.3)
             ax.set_ylim(bottom=0)
@@ -181,8 +195,7 @@ def decode_chart(runs, out_dir):
     if not any("read_bw" in run for series in points.values() for run in series.values()):
         print("decode chart: no read_bw counters (an older run), drawn without stream lines",
               file=sys.stderr)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, bbox_to_anchor=(0.5, -0.02))
+    figure_legend(fig, axes, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle("Decode step, B=1, Hq=32 (GQA Hkv=8, MQA Hkv=1), D=128, causal: K+V bytes read "
                  f"per second vs cache length\n{MACHINE}. Stream line: the read_bw counter of each "
                  "point (a DRAM read probe over as many bytes, run right after each step).\n"
