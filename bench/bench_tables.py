@@ -86,6 +86,14 @@ def main(path):
         print(f"| {m[1]} | {fmt(run['bytes_per_token'], 0)} | {fmt(run['MiB_per_32k'], 0)} | "
               f"{fmt(run['tok_s'], 0)} |")
 
+    for name, run in runs.items():
+        m = re.match(r"BM_PrefillMemory/S:(\d+)/threads:(\d+)", name)
+        if m:
+            print()
+            print(f"Prefill at S = {m[1]} ({m[2]} threads): {fmt(run['extra_MiB'], 1)} MiB resident "
+                  f"beyond its {fmt(run['data_MiB'], 0)} MiB of inputs and output "
+                  f"(limit {fmt(run['limit_MiB'], 0)} MiB).")
+
 
 if __name__ == "__main__":
     main(sys.argv[1])
