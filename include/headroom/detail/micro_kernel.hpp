@@ -64,18 +64,18 @@ class LinePrefetcher {
     }
   };
 
-  void clear() {
-    lines_.clear();
-    next_ = 0;
-  }
+  void clear() { size_ = next_ = 0; }
   void add(const void* row, Index bytes) {
     if (row == nullptr) return;
     const char* at = static_cast<const char*>(row);
-    const size_t first = lines_.size();
     const Index count = (bytes + 63) / 64;
-    lines_.resize(first + static_cast<size_t>(count));
-    const char** lines = lines_.data() + first;
+    // The storage only grows (a tile's worth, once per call), so adding is plain stores.
+    if (size_ + count > static_cast<Index>(lines_.size())) {
+      lines_.resize(static_cast<size_t>(2 * (size_ + count)));
+    }
+    const char** lines = lines_.data() + size_;
     for (Index i = 0; i < count; ++i) lines[i] = at + i * 64;
+    size_ += count;
   }
   /// Spreads the lines evenly over products of `depth` rows in all: decode tiles have little
   /// arithmetic per byte, prefill tiles much. Measured here: requesting the next tile within the
@@ -83,19 +83,19 @@ class LinePrefetcher {
   /// prefill, MQA decode 25% over no requests).
   void spread_over(Index depth) {
     const Index steps = std::max<Index>(1, (depth + kDepthPerStep - 1) / kDepthPerStep);
-    lines_per_step_ = (static_cast<Index>(lines_.size()) + steps - 1) / steps;
+    lines_per_step_ = (size_ + steps - 1) / steps;
   }
   /// Hands out the lines a product of `depth` rows requests.
   Slice take(Index depth) {
     const Index steps = (depth + kDepthPerStep - 1) / kDepthPerStep;
-    const Index count = std::min(steps * lines_per_step_, static_cast<Index>(lines_.size()) - next_);
+    const Index count = std::min(steps * lines_per_step_, size_ - next_);
     const Slice slice{lines_.data() + next_, count, lines_per_step_};
     next_ += count;
     return slice;
   }
   /// Issues whatever the computation did not get to.
   void finish() {
-    for (; next_ < static_cast<Index>(lines_.size()); ++next_) {
+    for (; next_ < size_; ++next_) {
 #if defined(__GNUC__)
       __builtin_prefetch(lines_[next_], 0, 2);
 #endif
@@ -103,8 +103,8 @@ class LinePrefetcher {
   }
 
  private:
-  std::vector<const char*> lines_;
-  Index next_ = 0;
+  std::vector<const char*> lines_;  // [size_] in use
+  Index size_ = 0, next_ = 0;
   Index lines_per_step_ = 6;
 };
 
