@@ -29,6 +29,18 @@ def fmt(value, digits=2):
     return f"{value:.{digits}f}"
 
 
+def table(runs, pattern, header, row):
+    """Prints a Markdown table of the runs whose name matches `pattern`, after a blank line; row(m,
+    run) gives a run's cells from its regex match."""
+    print()
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for name, run in runs.items():
+        m = re.match(pattern, name)
+        if m:
+            print("| " + " | ".join(row(m, run)) + " |")
+
+
 def main(path):
     runs = medians(path)
     print("| probe | threads | value |")
@@ -42,49 +54,32 @@ def main(path):
         if best:
             print(f"| DRAM read (best of 1/2/4 streams) | {threads} | {fmt(best / 1e9, 1)} GB/s |")
 
-    print()
-    print("| prefill, causal, B=1, Hq=32, D=128 | S | threads | ms | GFLOP/s | roof | vs naive |")
-    print("|---|---|---|---|---|---|---|")
-    for name, run in runs.items():
-        m = re.match(r"BM_Prefill/(\w+)/S:(\d+)/threads:(\d+)$", name)
-        if not m:
-            continue
-        naive = runs.get(name.replace("BM_Prefill/", "BM_PrefillNaive/"))
+    def prefill_row(m, run):
+        naive = runs.get(m[0].replace("BM_Prefill/", "BM_PrefillNaive/"))
         ratio = naive["real_time"] / run["real_time"] if naive else float("nan")
-        print(f"| {m[1]} | {m[2]} | {m[3]} | {fmt(run['real_time'], 1)} | "
-              f"{fmt(run['FLOPS'] / 1e9, 1)} | {fmt(run['roof'])} | {fmt(ratio, 1)}x |")
+        return [m[1], m[2], m[3], fmt(run["real_time"], 1), fmt(run["FLOPS"] / 1e9, 1),
+                fmt(run["roof"]), f"{fmt(ratio, 1)}x"]
 
-    print()
-    print("| decode, B=1, Hq=32, D=128 | type | cache | threads | us/step | tok/s | GB/s | probe GB/s | roof |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, run in runs.items():
-        m = re.match(r"BM_Decode/(\w+)/(\w+)/kv:(\d+)/threads:(\d+)$", name)
-        if not m:
-            continue
-        print(f"| {m[2]} | {m[1]} | {m[3]} | {m[4]} | {fmt(run['real_time'], 0)} | "
-              f"{fmt(run['tok_s'], 0)} | {fmt(run['bytes_per_second'] / 1e9, 1)} | "
-              f"{fmt(run['read_bw'] / 1e9, 1)} | {fmt(run['roof'])} |")
-
-    print()
-    print("| MLA decode, DeepSeek-V2-Lite attention | type | cache | threads | ms/step | tok/s | GB/s | roof |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, run in runs.items():
-        m = re.match(r"BM_MlaDecode/(\w+)/(\w+)/kv:(\d+)/threads:(\d+)$", name)
-        if not m:
-            continue
-        print(f"| {m[2]} | {m[1]} | {m[3]} | {m[4]} | {fmt(run['real_time'] / 1e3, 2)} | "
-              f"{fmt(run['tok_s'], 0)} | {fmt(run['bytes_per_second'] / 1e9, 1)} | "
-              f"{fmt(run['roof'])} |")
-
-    print()
-    print("| KV budget, 16 heads x 128, bf16 | bytes/token | MiB per 32k context | decode tok/s (2 threads) |")
-    print("|---|---|---|---|")
-    for name, run in runs.items():
-        m = re.match(r"BM_KvBudget/\w+/\w+/(\w+)/kv:(\d+)$", name)
-        if not m:
-            continue
-        print(f"| {m[1]} | {fmt(run['bytes_per_token'], 0)} | {fmt(run['MiB_per_32k'], 0)} | "
-              f"{fmt(run['tok_s'], 0)} |")
+    table(runs, r"BM_Prefill/(\w+)/S:(\d+)/threads:(\d+)$",
+          ["prefill, causal, B=1, Hq=32, D=128", "S", "threads", "ms", "GFLOP/s", "roof",
+           "vs naive"], prefill_row)
+    table(runs, r"BM_Decode/(\w+)/(\w+)/kv:(\d+)/threads:(\d+)$",
+          ["decode, B=1, Hq=32, D=128", "type", "cache", "threads", "us/step", "tok/s", "GB/s",
+           "probe GB/s", "roof"],
+          lambda m, run: [m[2], m[1], m[3], m[4], fmt(run["real_time"], 0), fmt(run["tok_s"], 0),
+                          fmt(run["bytes_per_second"] / 1e9, 1), fmt(run["read_bw"] / 1e9, 1),
+                          fmt(run["roof"])])
+    table(runs, r"BM_MlaDecode/(\w+)/(\w+)/kv:(\d+)/threads:(\d+)$",
+          ["MLA decode, DeepSeek-V2-Lite attention", "type", "cache", "threads", "ms/step",
+           "tok/s", "GB/s", "roof"],
+          lambda m, run: [m[2], m[1], m[3], m[4], fmt(run["real_time"] / 1e3, 2),
+                          fmt(run["tok_s"], 0), fmt(run["bytes_per_second"] / 1e9, 1),
+                          fmt(run["roof"])])
+    table(runs, r"BM_KvBudget/\w+/\w+/(\w+)/kv:(\d+)$",
+          ["KV budget, 16 heads x 128, bf16", "bytes/token", "MiB per 32k context",
+           "decode tok/s (2 threads)"],
+          lambda m, run: [m[1], fmt(run["bytes_per_token"], 0), fmt(run["MiB_per_32k"], 0),
+                          fmt(run["tok_s"], 0)])
 
     for name, run in runs.items():
         m = re.match(r"BM_PrefillMemory/S:(\d+)/threads:(\d+)", name)
