@@ -9,6 +9,7 @@
 #include "headroom/core/tensor_view.hpp"
 
 #include "headroom/position/rope.hpp"
+#include "headroom/position/rerope.hpp"
 
 #include "headroom/cache/kv_cache.hpp"
 #include "headroom/cache/paged_kv_cache.hpp"

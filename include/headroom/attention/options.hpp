@@ -9,6 +9,8 @@
 
 namespace headroom {
 
+class ReRope;
+
 /// Which keys a query may see. Under every mask but kNone, the q_len queries of a sequence are its
 /// last q_len positions: query i sits at position kv_len - q_len + i, where kv_len is that sequence's
 /// valid key count. So a prefill (q_len == kv_len) and a decode step (q_len == 1) use the same rule.
@@ -49,6 +51,12 @@ struct AttentionOptions {
   /// (flash-decoding); 0 chooses from the shapes alone: only when there are too few work items
   /// to keep the threads busy, as in decode. Capped at one split per 64-key tile.
   Index kv_splits = 0;
+  /// ReRoPE / Leaky ReRoPE applied inside the kernel (position/rerope.hpp), or null. With it, q and
+  /// the keys are raw (never rotated by apply_rope): the kernel rotates them per tile, key j at
+  /// position j and query i at kv_len - q_len + i. Needs a causal or sliding-window mask, head_dim_k
+  /// equal to the table's head_dim and every kv_len within its max_positions. Not owned; must
+  /// outlive the call.
+  const ReRope* rerope = nullptr;
 };
 
 }  // namespace headroom
