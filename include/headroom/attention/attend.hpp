@@ -3,9 +3,10 @@
 //
 // Read top to bottom: the key interval a mask allows each query, the per-thread scratch, the
 // online-softmax update of one block of rows, the gathering and packing of a K/V tile from any KV
-// source, the walk of one work item over its key tiles (packed tiles for many rows, K and V
-// streamed straight from the source for the few rows of a decode step), the parallel driver with
-// its split-KV merge, and the public entry points that validate and dispatch head dims.
+// source, the ReRoPE rotations of queries and key tiles, the walk of one work item over its key
+// tiles (packed tiles for many rows, K and V streamed straight from the source for the few rows of
+// a decode step), the parallel driver with its split-KV merge, and the public entry points that
+// validate and dispatch head dims.
 #pragma once
 
 #include <Eigen/Core>
