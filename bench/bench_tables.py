@@ -63,6 +63,15 @@ def main(path):
     table(runs, r"BM_Prefill/(\w+)/S:(\d+)/threads:(\d+)$",
           ["prefill, causal, B=1, Hq=32, D=128", "S", "threads", "ms", "GFLOP/s", "roof",
            "vs naive"], prefill_row)
+    def bf16_row(m, run):
+        f32 = runs.get(m[0].replace("BM_PrefillBf16/", "BM_Prefill/"))
+        ratio = run["FLOPS"] / f32["FLOPS"] if f32 else float("nan")
+        return [m[1], m[2], m[3], fmt(run["real_time"], 1), fmt(run["FLOPS"] / 1e9, 1),
+                fmt(run["roof"]), f"{fmt(ratio)}x"]
+
+    table(runs, r"BM_PrefillBf16/(\w+)/S:(\d+)/threads:(\d+)$",
+          ["prefill bf16 q/k/v, causal, Hq=32, D=128", "S", "threads", "ms", "GFLOP/s",
+           "roof (f32 peak)", "vs f32"], bf16_row)
     table(runs, r"BM_Decode/(\w+)/(\w+)/kv:(\d+)/threads:(\d+)$",
           ["decode, B=1, Hq=32, D=128", "type", "cache", "threads", "us/step", "tok/s", "GB/s",
            "probe GB/s", "roof"],

@@ -23,6 +23,7 @@
 #include "headroom/core/error.hpp"
 #include "headroom/core/parallel.hpp"
 #include "headroom/core/tensor_view.hpp"
+#include "headroom/detail/bf16_pair_kernel.hpp"
 #include "headroom/detail/micro_kernel.hpp"
 #include "headroom/detail/stream_kernel.hpp"
 #include "headroom/position/rerope.hpp"
@@ -84,6 +85,9 @@ struct TileShape {
   bool v_direct;
   /// ReRoPE is applied in the kernel (AttentionOptions::rerope): q and the keys are raw.
   bool rerope;
+  /// Key-major tiles of bf16 queries, keys and values multiply bf16 pairs (bf16_pair_kernel.hpp):
+  /// Q^T, P^T and V are kept in pairs along their depth, and the output transposed, O^T.
+  bool bf16_pairs;
 };
 
 /// Per-thread scratch, sized once per call; every pointer is aligned for packet loads. Streamed
@@ -104,10 +108,16 @@ struct TileScratch {
   Buffer q_rows;          // [rows_padded, head_dim_k] rotated query rows, before packing
   Buffer k_outside;       // [kKeyTile, head_dim_k] K rows rotated for beyond the window
   Buffer scores_outside;  // laid out as scores: the logits beyond the window
+  // bf16 pair products only (TileShape::bf16_pairs); o then holds O^T [head_dim_v_padded, rows].
+  using PairBuffer = std::vector<Bf16Bits, Eigen::aligned_allocator<Bf16Bits>>;
+  PairBuffer q_pairs;  // [head_dim_k / 2, rows_padded, 2]: Q^T (unscaled) in pairs along dk
+  PairBuffer p_pairs;  // [kKeyTile / 2, rows_padded, 2]: P^T in pairs of keys
+  PairBuffer v_pairs;  // [kKeyTile / 2, head_dim_v, 2]: V in pairs of keys
   LinePrefetcher prefetcher;  // the next tile's rows, requested while this one is computed
 
   explicit TileScratch(const TileShape& shape)
-      : q(shape.rows_padded * shape.head_dim_k),
+      : q(shape.rows_padded *
+          std::max(shape.head_dim_k, shape.bf16_pairs ? shape.head_dim_v_padded : Index{0})),
         k(shape.streamed && !shape.rerope ? 0 : kKeyTile * shape.head_dim_k),
         v(shape.v_direct ? 0 : kKeyTile * shape.head_dim_v_padded),
         o(shape.rows_padded * shape.head_dim_v_padded),
@@ -118,7 +128,10 @@ struct TileScratch {
         q_outside(shape.rerope ? shape.rows_padded * shape.head_dim_k : 0),
         q_rows(shape.rerope ? shape.rows_padded * shape.head_dim_k : 0),
         k_outside(shape.rerope ? kKeyTile * shape.head_dim_k : 0),
-        scores_outside(shape.rerope ? shape.rows_padded * kKeyTile : 0) {}
+        scores_outside(shape.rerope ? shape.rows_padded * kKeyTile : 0),
+        q_pairs(shape.bf16_pairs ? shape.rows_padded * shape.head_dim_k : 0),
+        p_pairs(shape.bf16_pairs ? shape.rows_padded * kKeyTile : 0),
+        v_pairs(shape.bf16_pairs ? kKeyTile * shape.head_dim_v : 0) {}
 };
 
 /// Folds one block of logits into the running softmax state of its rows (DESIGN.md, "Online
@@ -330,12 +343,12 @@ void pack_transposed(Index rows, Index dim, const RowAt& row, Index dim_stride, 
 #endif
     const Packet factor = pset1<Packet>(scale);
     for (Index r0 = 0; r0 < full; r0 += kPacketSize) {
-      const float* sources[kPacketSize];
+      decltype(row(0)) sources[kPacketSize];
       for (int i = 0; i < kPacketSize; ++i) sources[i] = row(r0 + i);
       for (Index d0 = 0; d0 < dim; d0 += kPacketSize) {
         Block block;
         for (int i = 0; i < kPacketSize; ++i) {
-          block.packet[i] = pmul(ploadu<Packet>(sources[i] + d0), factor);
+          block.packet[i] = pmul(load_packet(sources[i] + d0), factor);
         }
         ptranspose(block);
         for (int i = 0; i < kPacketSize; ++i) {
@@ -346,7 +359,7 @@ void pack_transposed(Index rows, Index dim, const RowAt& row, Index dim_stride, 
   }
   for (Index d = 0; d < dim; ++d) {
     float* column = out + d * out_stride;
-    for (Index r = full; r < rows; ++r) column[r] = row(r)[d * dim_stride] * scale;
+    for (Index r = full; r < rows; ++r) column[r] = static_cast<float>(row(r)[d * dim_stride]) * scale;
     std::fill(column + rows, column + out_stride, 0.0f);
   }
 }
@@ -426,8 +439,8 @@ void rerope_queries(const ReRope& rerope, Index rows, Index dk, const RowAt& q_r
   for (float* out : {inside, outside}) {
     for (Index r = 0; r < rows; ++r) {
       float* x = rotated + r * dk;
-      const float* source = q_row(r);
-      for (Index d = 0; d < dk; ++d) x[d] = source[d * dim_stride];
+      const auto* source = q_row(r);
+      for (Index d = 0; d < dk; ++d) x[d] = static_cast<float>(source[d * dim_stride]);
       const Index pos = position(r);
       auto row_scale = static_cast<float>(config.query_scale(pos));
       if (out == inside) {
@@ -491,8 +504,8 @@ struct RowSink {
 /// With split keys (num_splits > 1), the keys the item's rows may see are cut into num_splits
 /// ranges of whole tiles and only range `split` is visited: splits follow the visible keys (a
 /// sliding window, a short sequence of the batch), not the whole cache.
-template <int kDk, int kDv, class Source>
-void attend_work_item(const TensorView<const float>& q, const Source& source,
+template <int kDk, int kDv, class QT, class Source>
+void attend_work_item(const TensorView<const QT>& q, const Source& source,
                       const TensorView<float>& out, const AttentionOptions& options, float scale,
                       const TileShape& shape, Index b, Index kv_head, Index i0, Index i1,
                       Index split, const RowSink& sink, TileScratch& scratch) {
@@ -510,12 +523,17 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
   // Q rows times the scale: [rows, dk] for the streamed path, else transposed [dk, rows_pad].
   const auto q_row = [&](Index r) { return q.row(b, i0 + r / group, kv_head * group + r % group); };
   const ReRope* rerope = options.rerope;
-  if (rerope != nullptr) {
+  // bf16 queries, keys and values on a build with AVX512_BF16 (see shape.bf16_pairs).
+  constexpr bool kPairProducts = kHasBf16Dot && std::is_same_v<QT, Eigen::bfloat16> &&
+                                 std::is_same_v<typename Source::Element, Eigen::bfloat16>;
+  if (shape.bf16_pairs) {
+    pack_query_pairs(rows, dk, q_row, q.dim_stride, rows_pad, scratch.q_pairs.data());
+  } else if (rerope != nullptr) {
     rerope_queries(*rerope, rows, dk, q_row, q.dim_stride, position, scale, shape.streamed,
                    rows_pad, scratch.q_rows.data(), scratch.q.data(), scratch.q_outside.data());
   } else if (shape.streamed) {
     for (Index r = 0; r < rows; ++r) {
-      for (Index d = 0; d < dk; ++d) scratch.q[r * dk + d] = q_row(r)[d * q.dim_stride] * scale;
+      for (Index d = 0; d < dk; ++d) scratch.q[r * dk + d] = static_cast<float>(q_row(r)[d * q.dim_stride]) * scale;
     }
   } else {
     pack_transposed(rows, dk, q_row, q.dim_stride, scale, rows_pad, scratch.q.data());
@@ -668,6 +686,37 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
     }
     float* scores = scratch.scores.data();
     const float* k_rows = nullptr;  // the K rows as f32, when unrotated
+    if constexpr (kPairProducts) {
+      if (shape.bf16_pairs) {
+        // S^T = scale K.Q^T, K rows read in place; P.V into O^T. The probabilities past the last
+        // key any row sees are zero: the P.V depth stops there.
+        const auto k_bits = [&](Index c) { return reinterpret_cast<const Bf16Bits*>(tile.k[c]); };
+        bf16_pair_product<false>(tile.count, k_bits, 2, scratch.q_pairs.data(), 2 * rows_pad,
+                                 packet_first, packet_end, dk / 2, scores, rows_pad, nullptr,
+                                 scale, prefetcher);
+        if (options.softcap > 0.0f) apply_softcap(scores, tile.count * rows_pad);
+        const bool unmasked = k0 >= keys.first(position(rows - 1)) &&
+                              k1 <= keys.end(position(0)) && k1 - k0 == kKeyTile;
+        const Index mask_end = std::min(rows, packet_end * kPacketSize);
+        for (Index r = packet_first * kPacketSize; r < mask_end && !unmasked; ++r) {
+          mask_row(r, scores, 1, rows_pad);
+        }
+        online_softmax_columns(tile.count, rows_pad, packet_first, packet_end, scores,
+                               scratch.row_max.data(), scratch.row_sum.data(),
+                               scratch.rescale.data());
+        const Index depth = std::min(k1, keys.end(position(row_end - 1))) - k0;
+        pack_probability_pairs(scores, depth, rows_pad, packet_first, packet_end,
+                               scratch.p_pairs.data());
+        pack_value_pairs(tile.v, depth, dv, scratch.v_pairs.data());
+        const Bf16Bits* v_pairs = scratch.v_pairs.data();
+        bf16_pair_product<true>(dv, [&](Index d) { return v_pairs + 2 * d; }, 2 * dv,
+                                scratch.p_pairs.data(), 2 * rows_pad, packet_first, packet_end,
+                                (depth + 1) / 2, scratch.o.data(), rows_pad,
+                                scratch.rescale.data(), 1.0f, nullptr);
+        if (prefetcher != nullptr) prefetcher->finish();
+        continue;
+      }
+    }
     if (rerope == nullptr) {
       k_rows = packed_k_rows(tile, dk, source.k_row_stride(), source.k_dim_stride(),
                              scratch.k.data());
@@ -760,13 +809,20 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
     if (prefetcher != nullptr) prefetcher->finish();
   }
 
-  // O / l and LSE = m + log l; a row without visible keys (l = 0) gives zeros and -inf.
+  // O / l and LSE = m + log l; a row without visible keys (l = 0) gives zeros and -inf. The bf16
+  // pair products leave O^T, transposed back into the (then unused) Q scratch first.
+  const float* o = scratch.o.data();
+  if (shape.bf16_pairs) {
+    pack_transposed(dv_pad, rows_pad, [&](Index d) { return o + d * rows_pad; }, 1, 1.0f, dv_pad,
+                    scratch.q.data());
+    o = scratch.q.data();
+  }
   for (Index r = 0; r < rows; ++r) {
     const Index i = i0 + r / group, head = kv_head * group + r % group;
     const float l = scratch.row_sum[r];
     const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
     const float lse = l > 0.0f ? scratch.row_max[r] + std::log(l) : kNegInf;
-    const float* o_row = scratch.o.data() + r * dv_pad;
+    const float* o_row = o + r * dv_pad;
     if (sink.partial_out != nullptr) {
       float* partial = sink.partial_out + r * dv;
       for (Index d = 0; d < dv; ++d) partial[d] = o_row[d] * inv_l;
@@ -783,8 +839,8 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
 /// runs them in parallel, the items with the most keys first so the causal triangle balances
 /// across threads. With split keys, a second pass merges each row's partial results by their LSE
 /// in split order, so the result does not depend on which thread ran which split.
-template <int kDk, int kDv, class Source>
-void attend_tiled(const TensorView<const float>& q, const Source& source,
+template <int kDk, int kDv, class QT, class Source>
+void attend_tiled(const TensorView<const QT>& q, const Source& source,
                   const TensorView<float>& out, const AttentionOptions& options, float scale,
                   const TileShape& shape) {
   const Index heads_and_batch = shape.batch * shape.num_kv_heads;
@@ -850,8 +906,8 @@ void attend_tiled(const TensorView<const float>& q, const Source& source,
 
 /// Checks every argument of attend and returns the call's shape; throws headroom::Error naming the
 /// first bad one.
-template <class Source>
-TileShape validate_attend(const TensorView<const float>& q, const Source& kv,
+template <class QT, class Source>
+TileShape validate_attend(const TensorView<const QT>& q, const Source& kv,
                           const TensorView<float>& out, const AttentionOptions& options,
                           bool dense) {
   constexpr const char* kWhere = "attend";
@@ -956,6 +1012,12 @@ TileShape validate_attend(const TensorView<const float>& q, const Source& kv,
   shape.v_direct = shape.head_dim_v % kPacketSize == 0 && kv.v_dim_stride() == 1 &&
                    (shape.streamed || (std::is_same_v<typename Source::Element, float> &&
                                        kv.v_rows_aligned(kPacketSize * sizeof(float))));
+  // The pair products need bf16 rows read in place and dims of whole pair vectors.
+  shape.bf16_pairs = kHasBf16Dot && std::is_same_v<QT, Eigen::bfloat16> &&
+                     std::is_same_v<typename Source::Element, Eigen::bfloat16> && !shape.streamed &&
+                     !shape.rerope && shape.head_dim_k % (2 * kPairLanes) == 0 &&
+                     shape.head_dim_v % (2 * kPairLanes) == 0 && kv.k_dim_stride() == 1 &&
+                     kv.v_dim_stride() == 1;
   return shape;
 }
 
@@ -968,8 +1030,8 @@ struct IsKvSource<T, std::void_t<typename T::Element,
     : std::true_type {};
 
 /// Runs the kernel with the head dims fixed at compile time where a fast path exists.
-template <class Source>
-void dispatch_head_dims(const TensorView<const float>& q, const Source& kv,
+template <class QT, class Source>
+void dispatch_head_dims(const TensorView<const QT>& q, const Source& kv,
                         const TensorView<float>& out, const AttentionOptions& options,
                         const TileShape& shape) {
   const float scale = options.scale.value_or(
@@ -991,6 +1053,17 @@ void dispatch_head_dims(const TensorView<const float>& q, const Source& kv,
   } else {
     run(integral_constant<int, kDynamicDim>{}, integral_constant<int, kDynamicDim>{});
   }
+}
+
+/// Runs attend over dense keys and values of element type T.
+template <class QT, class T>
+void attend_dense(const TensorView<const QT>& q, const TensorView<const T>& k,
+                  const TensorView<const T>& v, const TensorView<float>& out,
+                  const AttentionOptions& options) {
+  const DenseKv<T> kv{k, v, options.kv_lens};
+  const TileShape shape = validate_attend(q, kv, out, options, true);
+  if (shape.batch == 0 || shape.q_len == 0) return;
+  dispatch_head_dims(q, kv, out, options, shape);
 }
 
 }  // namespace detail
@@ -1019,6 +1092,18 @@ void attend(TensorView<const float> q, const Source& kv, TensorView<float> out,
   detail::dispatch_head_dims(q, kv, out, options, shape);
 }
 
+/// The overload above for bf16 queries, as a bf16 model's projections produce them. With bf16
+/// keys and values too (a bf16 cache or DenseKv<Eigen::bfloat16>), prefill tiles multiply bf16
+/// pairs with AVX512_BF16 where the build has it (about twice the f32 rate; the probabilities are
+/// rounded to bf16 for P.V), and convert to f32 otherwise.
+template <class Source, std::enable_if_t<detail::IsKvSource<Source>::value, int> = 0>
+void attend(TensorView<const Eigen::bfloat16> q, const Source& kv, TensorView<float> out,
+            const AttentionOptions& options = {}) {
+  const detail::TileShape shape = detail::validate_attend(q, kv, out, options, false);
+  if (shape.batch == 0 || shape.q_len == 0) return;
+  detail::dispatch_head_dims(q, kv, out, options, shape);
+}
+
 /// Computes attention over dense f32 keys and values in the caller's buffers (see the overload
 /// above); options.kv_lens gives each sequence's valid key count.
 ///
@@ -1026,10 +1111,14 @@ void attend(TensorView<const float> q, const Source& kv, TensorView<float> out,
 ///   v:   [batch, kv_len, num_kv_heads, head_dim_v]
 inline void attend(TensorView<const float> q, TensorView<const float> k, TensorView<const float> v,
                    TensorView<float> out, const AttentionOptions& options = {}) {
-  const DenseKv<float> kv{k, v, options.kv_lens};
-  const detail::TileShape shape = detail::validate_attend(q, kv, out, options, true);
-  if (shape.batch == 0 || shape.q_len == 0) return;
-  detail::dispatch_head_dims(q, kv, out, options, shape);
+  detail::attend_dense(q, k, v, out, options);
+}
+
+/// Computes attention over dense bf16 queries, keys and values (see the bf16 overload above).
+inline void attend(TensorView<const Eigen::bfloat16> q, TensorView<const Eigen::bfloat16> k,
+                   TensorView<const Eigen::bfloat16> v, TensorView<float> out,
+                   const AttentionOptions& options = {}) {
+  detail::attend_dense(q, k, v, out, options);
 }
 
 }  // namespace headroom
