@@ -441,20 +441,23 @@ void rerope_queries(const ReRope& rerope, Index rows, Index dk, const RowAt& q_r
       float* x = rotated + r * dk;
       const auto* source = q_row(r);
       for (Index d = 0; d < dk; ++d) x[d] = static_cast<float>(source[d * dim_stride]);
-      const Index pos = position(r);
-      auto row_scale = static_cast<float>(config.query_scale(pos));
+      // A query before the first key (a sequence shorter than q_len) sees nothing: any rotation.
+      const Index pos = std::max<Index>(0, position(r));
+      // The attention factor goes on the rotated dims only; dims past rotary_dim pass through.
+      float rotated_scale = 1.0f;
       if (out == inside) {
         rotate_row(table.layout(), x, table.cos(pos), table.sin(pos), half);
       } else if (!config.is_leaky()) {
         rotate_row(table.layout(), x, table.cos(config.window), table.sin(config.window), half);
-        row_scale *= factor;
+        rotated_scale = factor;
       } else {
         rerope.leaky_angles().query(pos, cos_row, sin_row);
         rotate_row(table.layout(), x, cos_row, sin_row, half);
-        row_scale *= factor * factor;
+        rotated_scale = factor * factor;
       }
-      if (row_scale != 1.0f) {
-        for (Index d = 0; d < dk; ++d) x[d] *= row_scale;
+      const auto log_n = static_cast<float>(config.query_scale(pos));
+      if (rotated_scale != 1.0f || log_n != 1.0f) {
+        for (Index d = 0; d < dk; ++d) x[d] *= d < 2 * half ? rotated_scale * log_n : log_n;
       }
     }
     if (streamed) {

@@ -39,8 +39,9 @@ struct TensorView {
 
   Index size() const { return batch * seq * heads * dim; }
 
-  /// A view of mutable data converts to a view of const data.
-  template <class U = T, std::enable_if_t<!std::is_const_v<U>, int> = 0>
+  /// A view of mutable data converts to a view of const data (of the same element type only: U is
+  /// deduced from the target of a conversion).
+  template <class U = T, std::enable_if_t<!std::is_const_v<U> && std::is_same_v<U, T>, int> = 0>
   operator TensorView<const U>() const {  // NOLINT(google-explicit-constructor)
     return {data, batch, seq, heads, dim, batch_stride, seq_stride, head_stride, dim_stride};
   }
