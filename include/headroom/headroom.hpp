@@ -19,6 +19,7 @@
 #include "headroom/attention/kv_source.hpp"
 #include "headroom/attention/merge.hpp"
 #include "headroom/attention/options.hpp"
+#include "headroom/attention/rerope_attention.hpp"
 
 #include "headroom/mla/latent_cache.hpp"
 #include "headroom/mla/mla_attention.hpp"

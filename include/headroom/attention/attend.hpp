@@ -24,6 +24,7 @@
 #include "headroom/core/tensor_view.hpp"
 #include "headroom/detail/micro_kernel.hpp"
 #include "headroom/detail/stream_kernel.hpp"
+#include "headroom/position/rerope.hpp"
 
 namespace headroom {
 namespace detail {
@@ -80,6 +81,8 @@ struct TileShape {
   /// V rows are read straight from the source by the P.V product (streamed, or aligned f32 rows
   /// that need no conversion) instead of being packed.
   bool v_direct;
+  /// ReRoPE is applied in the kernel (AttentionOptions::rerope): q and the keys are raw.
+  bool rerope;
 };
 
 /// Per-thread scratch, sized once per call; every pointer is aligned for packet loads. Streamed
@@ -94,17 +97,27 @@ struct TileScratch {
   Buffer row_max;    // [rows_padded], running max m of each row's logits
   Buffer row_sum;    // [rows_padded], running sum l of exp(logit - m)
   Buffer rescale;    // [rows_padded], exp(m_old - m_new) for the current tile
+  // ReRoPE only (see rerope_queries and rerope_keys): each side of the window has its own Q and
+  // K rotations, and a tile that straddles the window has logits from both.
+  Buffer q_outside;       // laid out as q: Q rotated for the keys beyond the window
+  Buffer q_rows;          // [rows_padded, head_dim_k] rotated query rows, before packing
+  Buffer k_outside;       // [kKeyTile, head_dim_k] K rows rotated for beyond the window
+  Buffer scores_outside;  // laid out as scores: the logits beyond the window
   LinePrefetcher prefetcher;  // the next tile's rows, requested while this one is computed
 
   explicit TileScratch(const TileShape& shape)
       : q(shape.rows_padded * shape.head_dim_k),
-        k(shape.streamed ? 0 : kKeyTile * shape.head_dim_k),
+        k(shape.streamed && !shape.rerope ? 0 : kKeyTile * shape.head_dim_k),
         v(shape.v_direct ? 0 : kKeyTile * shape.head_dim_v_padded),
         o(shape.rows_padded * shape.head_dim_v_padded),
         scores(shape.rows_padded * kKeyTile),
         row_max(shape.rows_padded),
         row_sum(shape.rows_padded),
-        rescale(shape.rows_padded) {}
+        rescale(shape.rows_padded),
+        q_outside(shape.rerope ? shape.rows_padded * shape.head_dim_k : 0),
+        q_rows(shape.rerope ? shape.rows_padded * shape.head_dim_k : 0),
+        k_outside(shape.rerope ? kKeyTile * shape.head_dim_k : 0),
+        scores_outside(shape.rerope ? shape.rows_padded * kKeyTile : 0) {}
 };
 
 /// Folds one block of logits into the running softmax state of its rows (DESIGN.md, "Online
@@ -186,6 +199,12 @@ inline void online_softmax_columns(Index count, Index stride, Index packet_first
     pstore(row_sum + lanes, pmadd(pload<Packet>(row_sum + lanes), factor, sum));
     pstore(row_max + lanes, new_max);
   }
+}
+
+/// A scale of 1 for every key of a tile: for K rows already converted to f32 and scaled.
+inline const float* unit_scales() {
+  static const std::vector<float> ones(kKeyTile, 1.0f);
+  return ones.data();
 }
 
 /// Where the rows of one K/V tile live: a pointer per key (resolving block tables and ring
@@ -387,6 +406,73 @@ void key_major_scores(const float* k, Index count, const float* q_t, Index rows_
   }
 }
 
+/// Writes the query rows of a work item rotated for both sides of ReRoPE's window (see
+/// position/rerope.hpp), times `scale` and the log-n factor: for the keys inside the window at the
+/// query's position (to `inside`), for those beyond it at w, or at the leaky query position (to
+/// `outside`). Plain ReRoPE leaves the keys beyond the window raw, and leaky rotates them without
+/// the table's attention factor: the factor both sides of RoPE carry is folded into q instead.
+/// Layout as the item's q: row-major [rows, dk] when streamed, else transposed [dk, rows_pad].
+/// `rotated` is scratch of [rows, dk].
+template <class RowAt, class PositionAt>
+void rerope_queries(const ReRope& rerope, Index rows, Index dk, const RowAt& q_row,
+                    Index dim_stride, const PositionAt& position, float scale, bool streamed,
+                    Index rows_pad, float* rotated, float* inside, float* outside) {
+  const RopeTable& table = rerope.table();
+  const ReRopeConfig& config = rerope.config();
+  const Index half = table.rotary_dim() / 2;
+  const auto factor = static_cast<float>(table.attention_factor());
+  alignas(64) float cos_row[LeakyAngles::kMaxHalf], sin_row[LeakyAngles::kMaxHalf];
+  for (float* out : {inside, outside}) {
+    for (Index r = 0; r < rows; ++r) {
+      float* x = rotated + r * dk;
+      const float* source = q_row(r);
+      for (Index d = 0; d < dk; ++d) x[d] = source[d * dim_stride];
+      const Index pos = position(r);
+      auto row_scale = static_cast<float>(config.query_scale(pos));
+      if (out == inside) {
+        rotate_row(table.layout(), x, table.cos(pos), table.sin(pos), half);
+      } else if (!config.is_leaky()) {
+        rotate_row(table.layout(), x, table.cos(config.window), table.sin(config.window), half);
+        row_scale *= factor;
+      } else {
+        rerope.leaky_angles().query(pos, cos_row, sin_row);
+        rotate_row(table.layout(), x, cos_row, sin_row, half);
+        row_scale *= factor * factor;
+      }
+      if (row_scale != 1.0f) {
+        for (Index d = 0; d < dk; ++d) x[d] *= row_scale;
+      }
+    }
+    if (streamed) {
+      for (Index i = 0; i < rows * dk; ++i) out[i] = rotated[i] * scale;
+    } else {
+      pack_transposed(rows, dk, [&](Index r) { return rotated + r * dk; }, 1, scale, rows_pad,
+                      out);
+    }
+  }
+}
+
+/// Writes the tile's K rows as f32 [count, dk] (int8 scale folded in), rotated for one side of
+/// ReRoPE's window: at the key's position (inside), or at position / k (Leaky ReRoPE, beyond).
+/// Each rotation is formed once per tile and shared by every row of the group.
+template <class T>
+void rerope_keys(const ReRope& rerope, bool inside, const TileRows<T>& rows, Index k0, Index dk,
+                 Index k_dim_stride, float* out) {
+  const RopeTable& table = rerope.table();
+  const Index half = table.rotary_dim() / 2;
+  alignas(64) float cos_row[LeakyAngles::kMaxHalf], sin_row[LeakyAngles::kMaxHalf];
+  for (Index c = 0; c < rows.count; ++c) {
+    float* x = out + c * dk;
+    row_to_f32(rows.k[c], dk, k_dim_stride, rows.k_scale[c], x);
+    if (inside) {
+      rotate_row(table.layout(), x, table.cos(k0 + c), table.sin(k0 + c), half);
+    } else {
+      rerope.leaky_angles().key(k0 + c, cos_row, sin_row);
+      rotate_row(table.layout(), x, cos_row, sin_row, half);
+    }
+  }
+}
+
 /// Where a work item leaves its rows: the output and LSE views, or, when the keys are split, the
 /// item's slot of the partial results that the merge pass combines.
 struct RowSink {
@@ -420,7 +506,11 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
 
   // Q rows times the scale: [rows, dk] for the streamed path, else transposed [dk, rows_pad].
   const auto q_row = [&](Index r) { return q.row(b, i0 + r / group, kv_head * group + r % group); };
-  if (shape.streamed) {
+  const ReRope* rerope = options.rerope;
+  if (rerope != nullptr) {
+    rerope_queries(*rerope, rows, dk, q_row, q.dim_stride, position, scale, shape.streamed,
+                   rows_pad, scratch.q_rows.data(), scratch.q.data(), scratch.q_outside.data());
+  } else if (shape.streamed) {
     for (Index r = 0; r < rows; ++r) {
       for (Index d = 0; d < dk; ++d) scratch.q[r * dk + d] = q_row(r)[d * q.dim_stride] * scale;
     }
@@ -475,6 +565,22 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       auto s = Eigen::Map<Eigen::ArrayXf>(scores, count);
       s = options.softcap * (s * (1.0f / options.softcap)).tanh();
     };
+    // ReRoPE: rows at positions p <= k1 + w - 2 see keys of this tile inside the window (j > p -
+    // w), rows at p >= k0 + w keys beyond it; with both, the logits of keys j <= p - w (at
+    // scores[r * row_step + c * key_step]) are taken from `beyond`.
+    const Index window = rerope != nullptr ? rerope->config().window : 0;
+    const auto first_row_at = [&](Index pos) {
+      return std::clamp((pos - i0 - pos_offset) * group, Index{0}, rows);
+    };
+    const auto take_beyond_window = [&](Index r_first, Index r_end, const float* beyond,
+                                        float* scores, Index row_step, Index key_step) {
+      for (Index r = r_first; r < r_end; ++r) {
+        const Index count = std::clamp(position(r) - window + 1 - k0, Index{0}, k1 - k0);
+        for (Index c = 0; c < count; ++c) {
+          scores[r * row_step + c * key_step] = beyond[r * row_step + c * key_step];
+        }
+      }
+    };
 
     if (shape.streamed) {
       // Decode: each block of at most kTileRows rows reads K and V straight from the source.
@@ -483,10 +589,40 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       const auto [block_first, block_end] = block_keys(0, block_rows);
       if (block_first >= block_end) continue;
       float* scores = scratch.scores.data();
-      dispatch_rows(block_rows, [&](auto rows_tag) {
-        dot_scores<decltype(rows_tag)::value>(scratch.q.data(), dk, tile.k, tile.k_scale,
-                                              tile.count, tile.k_ahead, scores, kKeyTile);
-      });
+      const auto scores_against = [&](const float* q_rows, const auto* k_rows, const float* k_scale,
+                                      float* out_scores) {
+        dispatch_rows(block_rows, [&](auto rows_tag) {
+          dot_scores<decltype(rows_tag)::value>(q_rows, dk, k_rows, k_scale, tile.count,
+                                                tile.k_ahead, out_scores, kKeyTile);
+        });
+      };
+      if (rerope == nullptr) {
+        scores_against(scratch.q.data(), tile.k, tile.k_scale, scores);
+      } else {
+        const bool inside = first_row_at(k1 + window - 1) > 0;
+        const Index beyond_first = first_row_at(k0 + window);
+        const bool beyond = beyond_first < block_rows;
+        const float* rotated[kKeyTile];
+        if (inside) {
+          rerope_keys(*rerope, true, tile, k0, dk, source.k_dim_stride(), scratch.k.data());
+          for (Index c = 0; c < tile.count; ++c) rotated[c] = scratch.k.data() + c * dk;
+          scores_against(scratch.q.data(), rotated, unit_scales(), scores);
+        }
+        if (beyond) {
+          float* beyond_scores = inside ? scratch.scores_outside.data() : scores;
+          if (rerope->config().is_leaky()) {
+            rerope_keys(*rerope, false, tile, k0, dk, source.k_dim_stride(),
+                        scratch.k_outside.data());
+            for (Index c = 0; c < tile.count; ++c) rotated[c] = scratch.k_outside.data() + c * dk;
+            scores_against(scratch.q_outside.data(), rotated, unit_scales(), beyond_scores);
+          } else {
+            scores_against(scratch.q_outside.data(), tile.k, tile.k_scale, beyond_scores);
+          }
+          if (inside) {
+            take_beyond_window(beyond_first, block_rows, beyond_scores, scores, kKeyTile, 1);
+          }
+        }
+      }
       if (options.softcap > 0.0f) apply_softcap(scores, block_rows * kKeyTile);
       const bool unmasked = k0 >= keys.first(position(block_rows - 1)) &&
                             k1 <= keys.end(position(0)) && k1 - k0 == kKeyTile;
@@ -523,11 +659,44 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       }
       prefetcher = &scratch.prefetcher;
     }
-    const float* k_rows = packed_k_rows(tile, dk, source.k_row_stride(), source.k_dim_stride(),
-                                        scratch.k.data());
     float* scores = scratch.scores.data();
-    key_major_scores<kDk>(k_rows, tile.count, scratch.q.data(), rows_pad, dk, packet_first,
-                          packet_end, scores, prefetcher);
+    const float* k_rows = nullptr;  // the K rows as f32, when unrotated
+    if (rerope == nullptr) {
+      k_rows = packed_k_rows(tile, dk, source.k_row_stride(), source.k_dim_stride(),
+                             scratch.k.data());
+      key_major_scores<kDk>(k_rows, tile.count, scratch.q.data(), rows_pad, dk, packet_first,
+                            packet_end, scores, prefetcher);
+    } else {
+      // Only the row packets that see keys on a side of the window compute its logits.
+      const Index inside_end = std::min(row_end, first_row_at(k1 + window - 1));
+      const Index beyond_first = std::max(row_first, first_row_at(k0 + window));
+      const bool inside = row_first < inside_end, beyond = beyond_first < row_end;
+      if (inside) {
+        rerope_keys(*rerope, true, tile, k0, dk, source.k_dim_stride(), scratch.k.data());
+        key_major_scores<kDk>(scratch.k.data(), tile.count, scratch.q.data(), rows_pad, dk,
+                              packet_first, (inside_end + kPacketSize - 1) / kPacketSize, scores,
+                              prefetcher);
+      }
+      if (beyond) {
+        const float* k_beyond = scratch.k_outside.data();
+        if (rerope->config().is_leaky()) {
+          rerope_keys(*rerope, false, tile, k0, dk, source.k_dim_stride(), scratch.k_outside.data());
+        } else {
+          k_beyond = packed_k_rows(tile, dk, source.k_row_stride(), source.k_dim_stride(),
+                                   scratch.k_outside.data());
+        }
+        float* beyond_scores = inside ? scratch.scores_outside.data() : scores;
+        key_major_scores<kDk>(k_beyond, tile.count, scratch.q_outside.data(), rows_pad, dk,
+                              beyond_first / kPacketSize, packet_end, beyond_scores,
+                              inside ? nullptr : prefetcher);
+        // Rows past inside_end take every key from beyond the window, also those whose packets
+        // the inside product did not compute.
+        if (inside) {
+          take_beyond_window(beyond_first, std::min(rows_pad, packet_end * kPacketSize),
+                             beyond_scores, scores, 1, rows_pad);
+        }
+      }
+    }
     if (options.softcap > 0.0f) apply_softcap(scores, tile.count * rows_pad);
     const bool unmasked = k0 >= keys.first(position(rows - 1)) && k1 <= keys.end(position(0)) &&
                           k1 - k0 == kKeyTile;
@@ -720,6 +889,19 @@ TileShape validate_attend(const TensorView<const float>& q, const Source& kv,
                        (lse.seq <= 1 || lse.seq_stride != 0),
                    kWhere, "lse has a zero stride on an axis longer than one; outputs must not alias");
   }
+  if (options.rerope != nullptr) {
+    const RopeTable& table = options.rerope->table();
+    HEADROOM_CHECK(options.mask.kind != MaskKind::kNone, kWhere,
+                   "rerope needs a causal or sliding-window mask, but mask.kind is none: ReRoPE's "
+                   "relative positions are defined for keys at or before the query");
+    HEADROOM_CHECK(q.dim == table.head_dim(), kWhere, "q.dim (", q.dim,
+                   ") differs from the ReRoPE table's head_dim (", table.head_dim(), ")");
+    for (Index b = 0; b < q.batch; ++b) {
+      HEADROOM_CHECK(kv.kv_len(b) <= table.max_positions(), kWhere, "sequence ", b, " has kv_len ",
+                     kv.kv_len(b), ", beyond the ReRoPE table's max_positions (",
+                     table.max_positions(), ")");
+    }
+  }
   // A ring buffer has dropped its oldest keys: the mask must not reach back to them.
   for (Index b = 0; b < q.batch && q.seq > 0; ++b) {
     const KeyInterval keys{options.mask.kind, options.mask.window, kv.kv_len(b)};
@@ -739,6 +921,7 @@ TileShape validate_attend(const TensorView<const float>& q, const Source& kv,
   shape.group_size = q.heads / shape.num_kv_heads;
   shape.head_dim_k = q.dim;
   shape.head_dim_v = kv.head_dim_v();
+  shape.rerope = options.rerope != nullptr;
   shape.head_dim_v_padded = (shape.head_dim_v + kPacketSize - 1) / kPacketSize * kPacketSize;
   shape.positions_per_item =
       std::min<Index>(std::max<Index>(1, kTargetRows / shape.group_size), std::max<Index>(1, q.seq));

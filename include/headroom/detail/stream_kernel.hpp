@@ -40,14 +40,15 @@ EIGEN_ALWAYS_INLINE void prefetch_row(const void* row, Index bytes) {
 /// kRows x kKeys accumulators each gather one dot product, then fold horizontally. With one to a
 /// few rows this reads K at memory speed, where a transposed copy would cost more than the math.
 ///   q: [kRows, dk] aligned; k: count row pointers of dk elements; key_scale: [count];
-///   prefetch: count row pointers (entries may be null) to request meanwhile, or null.
-template <int kRows, class T>
+///   prefetch: count row pointers (entries may be null, rows of dk elements of type A) to request
+///             meanwhile, or null. (K rows rotated into scratch request the source's rows.)
+template <int kRows, class T, class A>
 void dot_scores(const float* q, Index dk, const T* const* k, const float* key_scale, Index count,
-                const T* const* prefetch, float* scores, Index score_stride) {
+                const A* const* prefetch, float* scores, Index score_stride) {
   using namespace Eigen::internal;
   // Enough independent accumulators to hide the FMA latency, few enough to stay in registers.
   constexpr int kKeys = std::max(1, (kPacketSize == 16 ? 16 : 8) / kRows);
-  const Index row_bytes = dk * static_cast<Index>(sizeof(T));
+  const Index row_bytes = dk * static_cast<Index>(sizeof(A));
   Index c = 0;
   const auto block = [&](auto keys_tag) {
     constexpr int kBlock = decltype(keys_tag)::value;

@@ -534,6 +534,16 @@ inline void rotate_interleaved(float* x, Index stride, const float* cos_row, con
   }
 }
 
+/// Rotates the pairs of one contiguous head row of either layout by (cos_row, sin_row), [half].
+inline void rotate_row(RopeLayout layout, float* x, const float* cos_row, const float* sin_row,
+                       Index half) {
+  if (layout == RopeLayout::kInterleaved) {
+    rotate_interleaved<true>(x, 1, cos_row, sin_row, half);
+  } else {
+    rotate_half<true>(x, 1, cos_row, sin_row, half);
+  }
+}
+
 /// Rotates every head of every token of a validated `x`; `position_of(b, s)` gives the token's id.
 template <bool kUnitStride, class PositionOf>
 void rotate_all(const RopeTable& table, const TensorView<float>& x, PositionOf position_of) {
