@@ -3,9 +3,10 @@
 //
 // Read top to bottom: the key interval a mask allows each query, the per-thread scratch, the
 // online-softmax update of one block of rows, the gathering and packing of a K/V tile from any KV
-// source, the walk of one work item over its key tiles (packed tiles for many rows, K and V
-// streamed straight from the source for the few rows of a decode step), the parallel driver with
-// its split-KV merge, and the public entry points that validate and dispatch head dims.
+// source, the ReRoPE rotations of queries and key tiles, the walk of one work item over its key
+// tiles (packed tiles for many rows, K and V streamed straight from the source for the few rows of
+// a decode step), the parallel driver with its split-KV merge, and the public entry points that
+// validate and dispatch head dims.
 #pragma once
 
 #include <Eigen/Core>
@@ -454,14 +455,16 @@ void rerope_queries(const ReRope& rerope, Index rows, Index dk, const RowAt& q_r
 
 /// Writes the tile's K rows as f32 [count, dk] (int8 scale folded in), rotated for one side of
 /// ReRoPE's window: at the key's position (inside), or at position / k (Leaky ReRoPE, beyond).
-/// Each rotation is formed once per tile and shared by every row of the group.
+/// Each rotation is formed once per tile and shared by every row of the group. Rows `ahead[c]`
+/// (if given) are requested from memory meanwhile, as the streamed products would have.
 template <class T>
 void rerope_keys(const ReRope& rerope, bool inside, const TileRows<T>& rows, Index k0, Index dk,
-                 Index k_dim_stride, float* out) {
+                 Index k_dim_stride, const T* const* ahead, float* out) {
   const RopeTable& table = rerope.table();
   const Index half = table.rotary_dim() / 2;
   alignas(64) float cos_row[LeakyAngles::kMaxHalf], sin_row[LeakyAngles::kMaxHalf];
   for (Index c = 0; c < rows.count; ++c) {
+    if (ahead != nullptr) prefetch_row(ahead[c], dk * Index{sizeof(T)});
     float* x = out + c * dk;
     row_to_f32(rows.k[c], dk, k_dim_stride, rows.k_scale[c], x);
     if (inside) {
@@ -589,34 +592,38 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       const auto [block_first, block_end] = block_keys(0, block_rows);
       if (block_first >= block_end) continue;
       float* scores = scratch.scores.data();
+      // `ahead`: the source rows to request meanwhile (null when already requested).
       const auto scores_against = [&](const float* q_rows, const auto* k_rows, const float* k_scale,
-                                      float* out_scores) {
+                                      const Element* const* ahead, float* out_scores) {
         dispatch_rows(block_rows, [&](auto rows_tag) {
-          dot_scores<decltype(rows_tag)::value>(q_rows, dk, k_rows, k_scale, tile.count,
-                                                tile.k_ahead, out_scores, kKeyTile);
+          dot_scores<decltype(rows_tag)::value>(q_rows, dk, k_rows, k_scale, tile.count, ahead,
+                                                out_scores, kKeyTile);
         });
       };
       if (rerope == nullptr) {
-        scores_against(scratch.q.data(), tile.k, tile.k_scale, scores);
+        scores_against(scratch.q.data(), tile.k, tile.k_scale, tile.k_ahead, scores);
       } else {
         const bool inside = first_row_at(k1 + window - 1) > 0;
         const Index beyond_first = first_row_at(k0 + window);
         const bool beyond = beyond_first < block_rows;
         const float* rotated[kKeyTile];
         if (inside) {
-          rerope_keys(*rerope, true, tile, k0, dk, source.k_dim_stride(), scratch.k.data());
+          rerope_keys(*rerope, true, tile, k0, dk, source.k_dim_stride(), tile.k_ahead,
+                      scratch.k.data());
           for (Index c = 0; c < tile.count; ++c) rotated[c] = scratch.k.data() + c * dk;
-          scores_against(scratch.q.data(), rotated, unit_scales(), scores);
+          scores_against(scratch.q.data(), rotated, unit_scales(), nullptr, scores);
         }
         if (beyond) {
           float* beyond_scores = inside ? scratch.scores_outside.data() : scores;
           if (rerope->config().is_leaky()) {
             rerope_keys(*rerope, false, tile, k0, dk, source.k_dim_stride(),
-                        scratch.k_outside.data());
+                        inside ? nullptr : tile.k_ahead, scratch.k_outside.data());
             for (Index c = 0; c < tile.count; ++c) rotated[c] = scratch.k_outside.data() + c * dk;
-            scores_against(scratch.q_outside.data(), rotated, unit_scales(), beyond_scores);
+            scores_against(scratch.q_outside.data(), rotated, unit_scales(), nullptr,
+                           beyond_scores);
           } else {
-            scores_against(scratch.q_outside.data(), tile.k, tile.k_scale, beyond_scores);
+            scores_against(scratch.q_outside.data(), tile.k, tile.k_scale,
+                           inside ? nullptr : tile.k_ahead, beyond_scores);
           }
           if (inside) {
             take_beyond_window(beyond_first, block_rows, beyond_scores, scores, kKeyTile, 1);
@@ -672,7 +679,8 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       const Index beyond_first = std::max(row_first, first_row_at(k0 + window));
       const bool inside = row_first < inside_end, beyond = beyond_first < row_end;
       if (inside) {
-        rerope_keys(*rerope, true, tile, k0, dk, source.k_dim_stride(), scratch.k.data());
+        rerope_keys<Element>(*rerope, true, tile, k0, dk, source.k_dim_stride(), nullptr,
+                             scratch.k.data());
         key_major_scores<kDk>(scratch.k.data(), tile.count, scratch.q.data(), rows_pad, dk,
                               packet_first, (inside_end + kPacketSize - 1) / kPacketSize, scores,
                               prefetcher);
@@ -680,7 +688,8 @@ void attend_work_item(const TensorView<const float>& q, const Source& source,
       if (beyond) {
         const float* k_beyond = scratch.k_outside.data();
         if (rerope->config().is_leaky()) {
-          rerope_keys(*rerope, false, tile, k0, dk, source.k_dim_stride(), scratch.k_outside.data());
+          rerope_keys<Element>(*rerope, false, tile, k0, dk, source.k_dim_stride(), nullptr,
+                               scratch.k_outside.data());
         } else {
           k_beyond = packed_k_rows(tile, dk, source.k_row_stride(), source.k_dim_stride(),
                                    scratch.k_outside.data());

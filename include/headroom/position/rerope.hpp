@@ -118,10 +118,9 @@ class LeakyAngles {
   }
   /// Writes cos and sin of the query position n / k + w (1 - 1/k).
   void query(Index n, float* cos, float* sin) const {
-    key(n, cos, sin);
-    alignas(64) float c[kMaxHalf], s[kMaxHalf];
-    for (Index i = 0; i < half_; ++i) c[i] = cos[i], s[i] = sin[i];
-    compose_rows(c, s, shift_.data(), shift_.data() + half_, cos, sin);
+    alignas(64) float key_cos[kMaxHalf], key_sin[kMaxHalf];
+    key(n, key_cos, key_sin);
+    compose_rows(key_cos, key_sin, shift_.data(), shift_.data() + half_, cos, sin);
   }
 
   /// The largest rotary_dim / 2 the stack buffers of the kernel hold.
