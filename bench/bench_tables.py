@@ -13,14 +13,16 @@ import sys
 
 
 def medians(path):
-    """Returns {benchmark name without suffixes: run} for median aggregates or plain runs."""
+    """Returns {benchmark name without suffixes (iterations, time kind): run} for median aggregates
+    or plain runs."""
     runs = json.load(open(path))["benchmarks"]
     have_aggregates = any(r.get("run_type") == "aggregate" for r in runs)
     result = {}
     for run in runs:
         if have_aggregates and run.get("aggregate_name") != "median":
             continue
-        name = re.sub(r"/(real_time|manual_time)(_median)?$", "", run["run_name"])
+        name = re.sub(r"(/iterations:\d+)?/(real_time|manual_time)(_median)?$", "",
+                      run["run_name"])
         result[name] = run
     return result
 
@@ -89,6 +91,25 @@ def main(path):
            "decode tok/s (2 threads)"],
           lambda m, run: [m[1], fmt(run["bytes_per_token"], 0), fmt(run["MiB_per_32k"], 0),
                           fmt(run["tok_s"], 0)])
+
+    rerope_names = {"rope": "RoPE (q, k pre-rotated)", "rerope": "ReRoPE",
+                    "leaky": "Leaky ReRoPE, k=16"}
+
+    def vs_rope(m, run):
+        """Returns a ReRoPE run's time over ordinary RoPE's on the same shape, as "1.23x"."""
+        rope = runs.get(m[0].replace(f"/{m[1]}/", "/rope/"))
+        return f"{fmt(run['real_time'] / rope['real_time'])}x" if rope else "n/a"
+
+    table(runs, r"BM_ReRopePrefill/(\w+)/S:(\d+)/threads:(\d+)$",
+          ["ReRoPE prefill, causal, GQA 32/8, D=128, w=512", "S", "threads", "ms", "GFLOP/s",
+           "roof", "vs rope (target <= 1.3x)"],
+          lambda m, run: [rerope_names[m[1]], m[2], m[3], fmt(run["real_time"], 0),
+                          fmt(run["FLOPS"] / 1e9, 1), fmt(run["roof"]), vs_rope(m, run)])
+    table(runs, r"BM_ReRopeDecode/\w+/(\w+)/kv:(\d+)/threads:(\d+)$",
+          ["ReRoPE decode, f32, GQA 32/8, D=128, w=512", "cache", "threads", "us/step", "tok/s",
+           "roof", "vs rope (target <= 1.2x)"],
+          lambda m, run: [rerope_names[m[1]], m[2], m[3], fmt(run["real_time"], 0),
+                          fmt(run["tok_s"], 0), fmt(run["roof"]), vs_rope(m, run)])
 
     for name, run in runs.items():
         m = re.match(r"BM_PrefillMemory/S:(\d+)/threads:(\d+)", name)

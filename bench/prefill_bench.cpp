@@ -2,42 +2,14 @@
 // Prefill benchmarks: the tiled kernel against the naive Eigen baseline on the same shapes.
 #include <benchmark/benchmark.h>
 
-#include <random>
 #include <string>
-#include <vector>
 
-#include "headroom/attention/attend.hpp"
-#include "headroom/attention/cost.hpp"
 #include "naive_attention.hpp"
+#include "prefill_problem.hpp"
 #include "roofline.hpp"
 
 namespace headroom::bench {
 namespace {
-
-struct PrefillProblem {
-  Index num_heads, num_kv_heads, head_dim, seq_len;
-  std::vector<float> q, k, v, out;
-
-  PrefillProblem(Index heads, Index kv_heads, Index dim, Index len)
-      : num_heads(heads), num_kv_heads(kv_heads), head_dim(dim), seq_len(len),
-        q(len * heads * dim), k(len * kv_heads * dim), v(len * kv_heads * dim),
-        out(len * heads * dim) {
-    std::mt19937 rng(1);
-    std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-    for (auto* buffer : {&q, &k, &v}) {
-      for (float& x : *buffer) x = dist(rng);
-    }
-  }
-  TensorView<const float> q_view() const {
-    return TensorView<const float>::bshd(q.data(), 1, seq_len, num_heads, head_dim);
-  }
-  TensorView<const float> kv_view(const std::vector<float>& x) const {
-    return TensorView<const float>::bshd(x.data(), 1, seq_len, num_kv_heads, head_dim);
-  }
-  TensorView<float> out_view() {
-    return TensorView<float>::bshd(out.data(), 1, seq_len, num_heads, head_dim);
-  }
-};
 
 /// Which implementation a prefill benchmark runs.
 enum class Kernel { kTiled, kNaive, kTiledBf16 };
@@ -70,14 +42,11 @@ void run_prefill(benchmark::State& state, Index num_kv_heads, Index seq_len, int
       naive_attention(problem.q_view(), problem.kv_view(problem.k), problem.kv_view(problem.v),
                       problem.out_view(), true, num_threads);
     } else {
-      attend(problem.q_view(), problem.kv_view(problem.k), problem.kv_view(problem.v),
-             problem.out_view(), options);
+      problem.attend(options);
     }
     benchmark::DoNotOptimize(problem.out.data());
   }
-  set_flop_counters(state,
-                    attention_flops(1, 32, seq_len, seq_len, 128, 128, options.mask),
-                    num_threads);
+  set_flop_counters(state, problem.flops(options.mask), num_threads);
 }
 
 const char* variant_name(Index num_kv_heads) {
