@@ -536,7 +536,9 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
                    rows_pad, scratch.q_rows.data(), scratch.q.data(), scratch.q_outside.data());
   } else if (shape.streamed) {
     for (Index r = 0; r < rows; ++r) {
-      for (Index d = 0; d < dk; ++d) scratch.q[r * dk + d] = static_cast<float>(q_row(r)[d * q.dim_stride]) * scale;
+      for (Index d = 0; d < dk; ++d) {
+        scratch.q[r * dk + d] = static_cast<float>(q_row(r)[d * q.dim_stride]) * scale;
+      }
     }
   } else {
     pack_transposed(rows, dk, q_row, q.dim_stride, scale, rows_pad, scratch.q.data());
@@ -689,6 +691,19 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
     }
     float* scores = scratch.scores.data();
     const float* k_rows = nullptr;  // the K rows as f32, when unrotated
+    // Soft-caps and masks the tile's key-major logits and folds them into the running softmax.
+    const auto softmax_key_major = [&](float* logits) {
+      if (options.softcap > 0.0f) apply_softcap(logits, tile.count * rows_pad);
+      const bool unmasked = k0 >= keys.first(position(rows - 1)) &&
+                            k1 <= keys.end(position(0)) && k1 - k0 == kKeyTile;
+      const Index mask_end = std::min(rows, packet_end * kPacketSize);
+      for (Index r = packet_first * kPacketSize; r < mask_end && !unmasked; ++r) {
+        mask_row(r, logits, 1, rows_pad);
+      }
+      online_softmax_columns(tile.count, rows_pad, packet_first, packet_end, logits,
+                             scratch.row_max.data(), scratch.row_sum.data(),
+                             scratch.rescale.data());
+    };
     if constexpr (kPairProducts) {
       if (shape.bf16_pairs) {
         // S^T = scale K.Q^T, K rows read in place; P.V into O^T. The probabilities past the last
@@ -697,16 +712,7 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
         bf16_pair_product<false>(tile.count, k_bits, 2, scratch.q_pairs.data(), 2 * rows_pad,
                                  packet_first, packet_end, dk / 2, scores, rows_pad, nullptr,
                                  scale, prefetcher);
-        if (options.softcap > 0.0f) apply_softcap(scores, tile.count * rows_pad);
-        const bool unmasked = k0 >= keys.first(position(rows - 1)) &&
-                              k1 <= keys.end(position(0)) && k1 - k0 == kKeyTile;
-        const Index mask_end = std::min(rows, packet_end * kPacketSize);
-        for (Index r = packet_first * kPacketSize; r < mask_end && !unmasked; ++r) {
-          mask_row(r, scores, 1, rows_pad);
-        }
-        online_softmax_columns(tile.count, rows_pad, packet_first, packet_end, scores,
-                               scratch.row_max.data(), scratch.row_sum.data(),
-                               scratch.rescale.data());
+        softmax_key_major(scores);
         const Index depth = std::min(k1, keys.end(position(row_end - 1))) - k0;
         pack_probability_pairs(scores, depth, rows_pad, packet_first, packet_end,
                                scratch.p_pairs.data());
@@ -758,16 +764,7 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
         }
       }
     }
-    if (options.softcap > 0.0f) apply_softcap(scores, tile.count * rows_pad);
-    const bool unmasked = k0 >= keys.first(position(rows - 1)) && k1 <= keys.end(position(0)) &&
-                          k1 - k0 == kKeyTile;
-    const Index mask_end = std::min(rows, packet_end * kPacketSize);
-    for (Index r = packet_first * kPacketSize; r < mask_end && !unmasked; ++r) {
-      mask_row(r, scores, 1, rows_pad);
-    }
-    online_softmax_columns(tile.count, rows_pad, packet_first, packet_end, scores,
-                           scratch.row_max.data(), scratch.row_sum.data(),
-                           scratch.rescale.data());
+    softmax_key_major(scores);
 
     // O = diag(rescale) O + P.V, panels of V columns outermost so each stays in L1 while every
     // block of rows uses it; P is read key-major.

@@ -172,7 +172,9 @@ void bf16_pair_product(Index rows, const RowAt& a_row, Index a_stride, const Bf1
   };
   const auto panel = [&](Index p, auto packets_tag) {
     Index i0 = 0;
-    for (; i0 + kTileA <= rows; i0 += kTileA) block(i0, p, std::integral_constant<int, kTileA>{}, packets_tag);
+    for (; i0 + kTileA <= rows; i0 += kTileA) {
+      block(i0, p, std::integral_constant<int, kTileA>{}, packets_tag);
+    }
     if (i0 < rows) {
       dispatch_up_to<kTileA - 1>(rows - i0, [&](auto n) { block(i0, p, n, packets_tag); });
     }
