@@ -81,7 +81,7 @@ namespace detail {
 /// i / k + w (1 - 1/k), composed from small tables by the angle-addition formulas: a table per
 /// position (as the RoPE table is) would be read once more per kv head in every decode step.
 /// n = 64 a + b gives (n / k) f = (64 a / k) f + (b / k) f: a coarse row per 64 positions and 64
-/// fine rows (16 KiB at rotary_dim 128, so they stay in L2). Angles are computed in double and
+/// fine rows (32 KiB at rotary_dim 128, so they stay in L2). Angles are computed in double and
 /// stored as float; one composition adds about one float rounding. None carries the table's
 /// attention factor.
 class LeakyAngles {
