@@ -119,7 +119,7 @@ struct TileScratch {
       : q(shape.rows_padded *
           std::max(shape.head_dim_k, shape.bf16_pairs ? shape.head_dim_v_padded : Index{0})),
         k(shape.streamed && !shape.rerope ? 0 : kKeyTile * shape.head_dim_k),
-        v(shape.v_direct ? 0 : kKeyTile * shape.head_dim_v_padded),
+        v(shape.v_direct || shape.bf16_pairs ? 0 : kKeyTile * shape.head_dim_v_padded),
         o(shape.rows_padded * shape.head_dim_v_padded),
         scores(shape.rows_padded * kKeyTile),
         row_max(shape.rows_padded),
@@ -904,6 +904,19 @@ void attend_tiled(const TensorView<const QT>& q, const Source& source,
   });
 }
 
+/// Checks that the mask of the first of q_len queries over kv_len keys reaches no key before
+/// `first_readable`: a ring buffer has dropped its oldest keys. `holding` words what the cache
+/// holds in the message.
+inline void check_mask_reach(const char* where, Index sequence, const Mask& mask, Index kv_len,
+                             Index q_len, Index first_readable, const char* holding) {
+  const KeyInterval keys{mask.kind, mask.window, kv_len};
+  const Index first_query_pos = kv_len - q_len;
+  const Index needed = std::min(keys.first(first_query_pos), keys.end(first_query_pos));
+  HEADROOM_CHECK(needed >= first_readable, where, "sequence ", sequence, ": the mask reaches key ",
+                 needed, " but ", holding, " keys from ", first_readable,
+                 " on; use a sliding-window mask no wider than the cache's window");
+}
+
 /// Checks every argument of attend and returns the call's shape; throws headroom::Error naming the
 /// first bad one.
 template <class QT, class Source>
@@ -967,14 +980,9 @@ TileShape validate_attend(const TensorView<const QT>& q, const Source& kv,
                      table.max_positions(), ")");
     }
   }
-  // A ring buffer has dropped its oldest keys: the mask must not reach back to them.
   for (Index b = 0; b < q.batch && q.seq > 0; ++b) {
-    const KeyInterval keys{options.mask.kind, options.mask.window, kv.kv_len(b)};
-    const Index first_query_pos = kv.kv_len(b) - q.seq;
-    const Index needed = std::min(keys.first(first_query_pos), keys.end(first_query_pos));
-    HEADROOM_CHECK(needed >= kv.first_readable(b), kWhere, "sequence ", b, ": the mask reaches key ",
-                   needed, " but the cache only holds keys from ", kv.first_readable(b),
-                   " on; use a sliding-window mask no wider than the cache's window");
+    check_mask_reach(kWhere, b, options.mask, kv.kv_len(b), q.seq, kv.first_readable(b),
+                     "the cache only holds");
   }
 
   TileShape shape{};

@@ -76,14 +76,10 @@ void rerope_attention(const ReRope& rerope, TensorView<const float> q, TensorVie
     HEADROOM_CHECK(new_length <= table.max_positions(), kWhere, "sequence ", sequence_ids[b],
                    " would hold ", new_length, " tokens, beyond the ReRoPE table's max_positions (",
                    table.max_positions(), ")");
-    // As attend checks for a ring buffer: the mask of the first new query must not reach keys
-    // the append is about to drop.
-    const detail::KeyInterval keys{options.mask.kind, options.mask.window, new_length};
-    const Index needed = std::min(keys.first(length), keys.end(length));
-    const Index readable = detail::first_readable_after(cache, sequence_ids[b], new_length);
-    HEADROOM_CHECK(needed >= readable, kWhere, "sequence ", sequence_ids[b], ": the mask reaches key ",
-                   needed, " but after appending the cache only holds keys from ", readable,
-                   " on; use a sliding-window mask no wider than the cache's window");
+    // As attend checks it, but against the keys the append is about to drop.
+    detail::check_mask_reach(kWhere, sequence_ids[b], options.mask, new_length, q.seq,
+                             detail::first_readable_after(cache, sequence_ids[b], new_length),
+                             "after appending the cache only holds");
   }
   cache.append(sequence_ids, k, v);
   attend(q, cache.view(sequence_ids), out, options);
