@@ -11,6 +11,8 @@
 #include <map>
 #include <vector>
 
+#include <unistd.h>
+
 #include "headroom/core/parallel.hpp"
 
 namespace headroom::bench {
@@ -65,12 +67,27 @@ inline double read_probe(const std::vector<float, Eigen::aligned_allocator<float
   return 4.0 * static_cast<double>(per_stream) * streams * num_threads;
 }
 
-/// The read probe's buffer: 1 GiB, far beyond the last-level cache (32 MiB here), filled with
-/// distinct values: pages of identical content may be merged by the host (KSM), and reading one
-/// shared page over and over measures a cache, not DRAM.
+/// This machine's last-level cache in bytes (glibc reads it from cpuid), or 32 MiB where it cannot
+/// tell. Server parts differ by an order of magnitude: 32 MiB on a Zen 4 CCD, 480 MiB on the Xeon
+/// these benchmarks have also run on. Shared with the other tenants of the host, but a step that
+/// reads less than it can still be served partly from it.
+inline Index last_level_cache_bytes() {
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  if (l3 > 0) return static_cast<Index>(l3);
+#endif
+  return Index{32} << 20;
+}
+
+/// The read probe's buffer: at least 1 GiB and four last-level caches, so that the windows read
+/// in turn (see PairedReadProbe) come from DRAM; filled with distinct values: pages of identical
+/// content may be merged by the host (KSM), and reading one shared page over and over measures a
+/// cache, not DRAM.
 inline const std::vector<float, Eigen::aligned_allocator<float>>& read_probe_buffer() {
   static const std::vector<float, Eigen::aligned_allocator<float>> buffer = [] {
-    std::vector<float, Eigen::aligned_allocator<float>> values(Index{1} << 28);
+    const Index bytes = std::max<Index>(Index{1} << 30, 4 * last_level_cache_bytes());
+    std::vector<float, Eigen::aligned_allocator<float>> values(
+        static_cast<size_t>(bytes / Index{sizeof(float)}));
     for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i % 65521);
     return values;
   }();

@@ -247,6 +247,20 @@ EIGEN_ALWAYS_INLINE void dispatch_rows(Index rows, Fn&& fn) {
   dispatch_up_to<kTileRows>(rows, fn);
 }
 
+/// Calls fn(r0, block_rows) for blocks of at most kTileRows rows covering [first, end), their sizes
+/// as equal as can be: 32 rows as 6, 6, 5, 5, 5, 5 rather than five 6s and a 2, whose register
+/// tile would do a third of the FMAs per load of a full one.
+template <class Fn>
+EIGEN_ALWAYS_INLINE void for_each_row_block(Index first, Index end, Fn&& fn) {
+  const Index rows = end - first;
+  const Index num_blocks = (rows + kTileRows - 1) / kTileRows;
+  for (Index block = 0, r0 = first; block < num_blocks; ++block) {
+    const Index block_rows = rows / num_blocks + (block < rows % num_blocks ? 1 : 0);
+    fn(r0, block_rows);
+    r0 += block_rows;
+  }
+}
+
 /// Computes `rows` (at most kTileRows) rows of C = A.B (or diag(row_scale).C + A.B) with the
 /// micro-kernel; B is a PackedRows or a SourceRows.
 template <Accumulate kMode, class BRows>
