@@ -13,6 +13,7 @@
 
 #include <unistd.h>
 
+#include "headroom/core/huge_page_allocator.hpp"
 #include "headroom/core/parallel.hpp"
 
 namespace headroom::bench {
@@ -43,11 +44,14 @@ inline double fma_probe(int num_threads, long iterations) {
   return 2.0 * kChains * kPacketSize * static_cast<double>(iterations) * num_threads;
 }
 
+/// The read probe's buffer, in the same pages as the KV caches it is the roofline of (huge pages
+/// where the system gives them): the best rate at which this machine reads such memory.
+using ProbeBuffer = std::vector<float, detail::HugePageAllocator<float>>;
+
 /// Reads the buffer once with packet loads, each thread its own slice walked as `streams`
 /// interleaved sub-ranges (more streams keep more DRAM requests in flight), and returns the bytes
 /// read.
-inline double read_probe(const std::vector<float, Eigen::aligned_allocator<float>>& buffer,
-                         int num_threads, int streams) {
+inline double read_probe(const ProbeBuffer& buffer, int num_threads, int streams) {
   using namespace Eigen::internal;
   constexpr int kMaxStreams = 4;
   const Index per_stream = static_cast<Index>(buffer.size()) / num_threads / streams /
@@ -83,11 +87,10 @@ inline Index last_level_cache_bytes() {
 /// in turn (see PairedReadProbe) come from DRAM; filled with distinct values: pages of identical
 /// content may be merged by the host (KSM), and reading one shared page over and over measures a
 /// cache, not DRAM.
-inline const std::vector<float, Eigen::aligned_allocator<float>>& read_probe_buffer() {
-  static const std::vector<float, Eigen::aligned_allocator<float>> buffer = [] {
+inline const ProbeBuffer& read_probe_buffer() {
+  static const ProbeBuffer buffer = [] {
     const Index bytes = std::max<Index>(Index{1} << 30, 4 * last_level_cache_bytes());
-    std::vector<float, Eigen::aligned_allocator<float>> values(
-        static_cast<size_t>(bytes / Index{sizeof(float)}));
+    ProbeBuffer values(static_cast<size_t>(bytes / Index{sizeof(float)}));
     for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i % 65521);
     return values;
   }();

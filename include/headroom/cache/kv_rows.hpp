@@ -10,6 +10,7 @@
 
 #include "headroom/core/element.hpp"
 #include "headroom/core/error.hpp"
+#include "headroom/core/huge_page_allocator.hpp"
 #include "headroom/core/tensor_view.hpp"
 
 namespace headroom::detail {
@@ -141,9 +142,10 @@ class KvRows {
 
   Index block_rows_ = 1, num_kv_heads_ = 0, head_dim_k_ = 0, head_dim_v_ = 0;
   bool values_in_keys_ = false;
-  // Aligned for packet loads: with head dims of packet multiples, every row starts aligned.
-  std::vector<T, Eigen::aligned_allocator<T>> k_;  // [blocks, num_kv_heads, block_rows, head_dim_k]
-  std::vector<T, Eigen::aligned_allocator<T>> v_;  // same with head_dim_v; empty: values_in_keys
+  // Aligned for packet loads (with head dims of packet multiples, every row starts aligned), and
+  // in huge pages when large: a decode step streams all of it from DRAM.
+  std::vector<T, HugePageAllocator<T>> k_;  // [blocks, num_kv_heads, block_rows, head_dim_k]
+  std::vector<T, HugePageAllocator<T>> v_;  // same with head_dim_v; empty: values_in_keys
   std::vector<float> k_scale_;   // [num_rows / block_rows, num_kv_heads, block_rows], int8 only
   std::vector<float> v_scale_;   // same, int8 without values_in_keys only
 };
