@@ -58,9 +58,9 @@ def main(path):
 
     def prefill_row(m, run):
         naive = runs.get(m[0].replace("BM_Prefill/", "BM_PrefillNaive/"))
-        ratio = naive["real_time"] / run["real_time"] if naive else float("nan")
+        ratio = f"{fmt(naive['real_time'] / run['real_time'], 1)}x" if naive else "-"
         return [m[1], m[2], m[3], fmt(run["real_time"], 1), fmt(run["FLOPS"] / 1e9, 1),
-                fmt(run["roof"]), f"{fmt(ratio, 1)}x"]
+                fmt(run["roof"]), ratio]
 
     table(runs, r"BM_Prefill/(\w+)/S:(\d+)/threads:(\d+)$",
           ["prefill, causal, B=1, Hq=32, D=128", "S", "threads", "ms", "GFLOP/s", "roof",

@@ -16,6 +16,7 @@ repetitions. A chart whose benchmarks are missing from the JSON (a filtered run)
 message; the others are still written.
 """
 import argparse
+import json
 import os
 import re
 import sys
@@ -34,7 +35,6 @@ except ImportError:
     sys.exit("plots.py needs matplotlib: apt install python3-matplotlib (and run that python3, "
              "/usr/bin/python3, if another one comes first on PATH)")
 
-MACHINE = "2-core AMD EPYC (AVX-512), shared VM"
 VARIANTS = ("mha", "gqa", "mqa")
 ELEMENTS = ("f32", "bf16", "int8")
 THREADS = (1, 2)
@@ -44,6 +44,14 @@ COLORS = {"mha": "tab:blue", "gqa": "tab:orange", "mqa": "tab:green", "mla": "ta
 
 # Stable SVG output (no date, fixed ids), so regenerated charts differ only where the numbers do.
 plt.rcParams.update({"svg.hashsalt": "headroom", "svg.fonttype": "none", "font.size": 9})
+
+
+def machine_of(path):
+    """The machine a run was measured on, from the context headroom_bench writes to its JSON."""
+    context = json.load(open(path)).get("context", {})
+    cores = context.get("num_cpus")
+    model = context.get("cpu_model", "unknown CPU")
+    return f"{cores} cores of {model}" if cores else model
 
 
 def has_counters(run, *names):
@@ -80,7 +88,7 @@ def save(fig, out_dir, name):
     return True
 
 
-def prefill_chart(runs, out_dir):
+def prefill_chart(runs, out_dir, machine):
     """FLOP rate of causal prefill vs S, one panel per thread count, against that count's FMA peak
     (and the 0.75 target of issue 6); the naive Eigen baseline faint, for scale."""
     points = {}  # (variant, threads) -> {S: run}
@@ -147,12 +155,12 @@ def prefill_chart(runs, out_dir):
         ax.grid(True, alpha=0.3)
     figure_legend(fig, axes, fontsize=8)
     fig.suptitle("Causal prefill, B=1, Hq=32 (GQA Hkv=8, MQA Hkv=1), D=128, f32 (bf16 dashed): FLOP rate vs "
-                 f"sequence length\n{MACHINE}; numbers at points: fraction of the FMA peak (roof)")
+                 f"sequence length\n{machine}; numbers at points: fraction of the FMA peak (roof)")
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     return save(fig, out_dir, "prefill.svg")
 
 
-def decode_chart(runs, out_dir):
+def decode_chart(runs, out_dir, machine):
     """K+V bytes read per second by one decode step vs cache length, a panel per element type and
     variant, against the DRAM read rate the probe measured right after each step (the host's
     bandwidth drifts, so each point has its own stream line rather than one for the run)."""
@@ -207,7 +215,7 @@ def decode_chart(runs, out_dir):
               file=sys.stderr)
     figure_legend(fig, axes, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle("Decode step, B=1, Hq=32 (GQA Hkv=8, MQA Hkv=1), D=128, causal: K+V bytes read "
-                 f"per second vs cache length\n{MACHINE}. Stream line: the read_bw counter of each "
+                 f"per second vs cache length\n{machine}. Stream line: the read_bw counter of each "
                  "point (a DRAM read probe over as many bytes, run right after each step).\n"
                  "Numbers at points: roof = max(FLOPs / FMA peak, bytes / read_bw) / time; "
                  "MQA is compute-bound, so its bytes/s stay far below the stream line.")
@@ -220,7 +228,7 @@ def decode_chart(runs, out_dir):
 DEEPSEEK_V2_ELEMENTS = {"mha": 2 * 128 * 128, "gqa8": 2 * 8 * 128, "mqa": 2 * 128, "mla": 512 + 64}
 
 
-def kv_bytes_chart(runs, out_dir):
+def kv_bytes_chart(runs, out_dir, machine):
     """KV cache bytes per token per layer of MHA / GQA / MQA / MLA: measured from the caches of
     BM_KvBudget (with their decode rate), and computed at DeepSeek-V2's scale for comparison."""
     measured = {}
@@ -266,7 +274,7 @@ def kv_bytes_chart(runs, out_dir):
                     "MLA latent 512 + RoPE key 64 (arXiv:2405.04434, Table 1)")
     for ax in (left, right):
         ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle(f"KV cache per token: MHA / GQA / MQA / MLA\n{MACHINE}")
+    fig.suptitle(f"KV cache per token: MHA / GQA / MQA / MLA\n{machine}")
     fig.tight_layout()
     return save(fig, out_dir, "kv_bytes.svg")
 
@@ -274,13 +282,17 @@ def kv_bytes_chart(runs, out_dir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", help="the file of headroom_bench --benchmark_out_format=json")
+    parser.add_argument("--machine", help="what the run was measured on, for the chart titles "
+                        "(default: the CPU model and core count headroom_bench recorded)")
     parser.add_argument("out_dir", nargs="?",
                         default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "charts"),
                         help="folder for the SVG files (default: bench/charts)")
     args = parser.parse_args()
     runs = medians(args.json)
     os.makedirs(args.out_dir, exist_ok=True)
-    written = [chart(runs, args.out_dir) for chart in (prefill_chart, decode_chart, kv_bytes_chart)]
+    machine = args.machine or machine_of(args.json)
+    written = [chart(runs, args.out_dir, machine)
+               for chart in (prefill_chart, decode_chart, kv_bytes_chart)]
     if not any(written):
         sys.exit(f"no chart written: {args.json} has none of the benchmarks they need")
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Tests headroom::attend with bf16 queries, keys and values (the AVX512_BF16 pair products where
-// the build has them, the f32 conversions otherwise) against the double-precision reference.
+// the build has them, and the f32 conversions) against the double-precision reference.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -72,7 +72,26 @@ void expect_near_reference(const reference::Result& expected, const std::vector<
   }
 }
 
-TEST(AttendBf16Test, DenseMatchesReferenceOverRandomShapes) {
+/// Each test runs with the pair products forced on (where the build has them: elsewhere both runs
+/// convert) and forced off, whichever of the two this processor would choose.
+class AttendBf16Test : public ::testing::TestWithParam<detail::Bf16PairProducts> {
+ protected:
+  void SetUp() override { detail::bf16_pair_products() = GetParam(); }
+  void TearDown() override {
+    detail::bf16_pair_products() = detail::Bf16PairProducts::kWhereFaster;
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Products, AttendBf16Test,
+                         ::testing::Values(detail::Bf16PairProducts::kAlways,
+                                           detail::Bf16PairProducts::kNever),
+                         [](const auto& param_info) {
+                           return param_info.param == detail::Bf16PairProducts::kAlways
+                                      ? "Pairs"
+                                      : "Converted";
+                         });
+
+TEST_P(AttendBf16Test, DenseMatchesReferenceOverRandomShapes) {
   std::mt19937 rng(77);
   // 64 / 128 / 96 / 32 take the pair products; 16 and 40 the conversions.
   const std::pair<Index, Index> dims[] = {{64, 64}, {128, 128}, {96, 32}, {32, 96}, {16, 16},
@@ -118,7 +137,7 @@ TEST(AttendBf16Test, DenseMatchesReferenceOverRandomShapes) {
 
 /// Prefill from bf16 queries over bf16 caches (the pair products read the cache rows in place)
 /// and over an f32 cache (converted), contiguous and paged.
-TEST(AttendBf16Test, CachesMatchReference) {
+TEST_P(AttendBf16Test, CachesMatchReference) {
   std::mt19937 rng(78);
   const Index batch = 2, kv_len = 150, q_len = 150, num_heads = 8, num_kv_heads = 2, dim = 64;
   const Bf16Tensor q(batch, q_len, num_heads, dim, false, rng);

@@ -1021,7 +1021,7 @@ TileShape validate_attend(const TensorView<const QT>& q, const Source& kv,
                    (shape.streamed || (std::is_same_v<typename Source::Element, float> &&
                                        kv.v_rows_aligned(kPacketSize * sizeof(float))));
   // The pair products need bf16 rows read in place and dims of whole pair vectors.
-  shape.bf16_pairs = kHasBf16Dot && std::is_same_v<QT, Eigen::bfloat16> &&
+  shape.bf16_pairs = use_bf16_pair_products() && std::is_same_v<QT, Eigen::bfloat16> &&
                      std::is_same_v<typename Source::Element, Eigen::bfloat16> && !shape.streamed &&
                      !shape.rerope && shape.head_dim_k % (2 * kPairLanes) == 0 &&
                      shape.head_dim_v % (2 * kPairLanes) == 0 && kv.k_dim_stride() == 1 &&

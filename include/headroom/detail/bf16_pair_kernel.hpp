@@ -15,6 +15,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -24,6 +25,9 @@
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512F__)
 #include <immintrin.h>
+#if defined(__GNUC__)
+#include <cpuid.h>
+#endif
 #define HEADROOM_HAS_BF16_DOT 1
 #else
 #define HEADROOM_HAS_BF16_DOT 0
@@ -33,6 +37,51 @@ namespace headroom::detail {
 
 /// Whether this build has the bf16 pair products (compiled for AVX512_BF16).
 inline constexpr bool kHasBf16Dot = HEADROOM_HAS_BF16_DOT != 0;
+
+/// When bf16 tiles use the pair products, rather than converting to f32 for the FMA micro-kernel.
+enum class Bf16PairProducts {
+  kWhereFaster,  ///< the default: on processors where vdpbf16ps outruns the FMAs (see below)
+  kAlways,       ///< wherever the build has them (tests check them on any such processor)
+  kNever,
+};
+
+/// The choice for this process.
+inline std::atomic<Bf16PairProducts>& bf16_pair_products() {
+  static std::atomic<Bf16PairProducts> choice{Bf16PairProducts::kWhereFaster};
+  return choice;
+}
+
+/// Whether vdpbf16ps does more f32 work per second than FMAs here. Measured with independent
+/// chains of each: AMD Zen 4 issues vdpbf16ps at the FMA rate, twice the FLOPs; an Intel Xeon
+/// with AVX512_BF16 (and AMX) issues it at a quarter of the FMA rate, half the FLOPs, and there the
+/// pair products ran bf16 prefill at 0.72x the f32 rate where converting to f32 runs at about 1x.
+/// So: AMD processors only (the vendor string of cpuid leaf 0).
+inline bool bf16_dot_outruns_fma() {
+#if HEADROOM_HAS_BF16_DOT && defined(__GNUC__)
+  static const bool amd = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return false;
+    return ebx == 0x68747541u && edx == 0x69746e65u && ecx == 0x444d4163u;  // "AuthenticAMD"
+  }();
+  return amd;
+#else
+  return false;
+#endif
+}
+
+/// Whether bf16 tiles use the pair products in this process (see Bf16PairProducts).
+inline bool use_bf16_pair_products() {
+  if (!kHasBf16Dot) return false;
+  switch (bf16_pair_products().load(std::memory_order_relaxed)) {
+    case Bf16PairProducts::kAlways:
+      return true;
+    case Bf16PairProducts::kNever:
+      return false;
+    case Bf16PairProducts::kWhereFaster:
+      break;
+  }
+  return bf16_dot_outruns_fma();
+}
 
 /// Raw bits of bf16 values, as the pair layouts store them.
 using Bf16Bits = std::uint16_t;
