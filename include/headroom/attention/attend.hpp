@@ -26,6 +26,7 @@
 #include "headroom/detail/bf16_pair_kernel.hpp"
 #include "headroom/detail/micro_kernel.hpp"
 #include "headroom/detail/stream_kernel.hpp"
+#include "headroom/detail/vector_exp.hpp"
 #include "headroom/position/rerope.hpp"
 
 namespace headroom {
@@ -168,14 +169,14 @@ inline void online_softmax_update(Index rows, float* scores, float* row_max, flo
     for (int p = 0; p < kPackets; ++p) {
       const Packet logits = pload<Packet>(s + p * kPacketSize);
       // Masked logits give exactly 0, also where the vector exp clamps -inf to a tiny number.
-      const Packet e = pand(pexp(psub(logits, shift)), pcmp_lt(neg_inf, logits));
+      const Packet e = pand(packet_exp(psub(logits, shift)), pcmp_lt(neg_inf, logits));
       pstore(s + p * kPacketSize, e);
       sum = padd(sum, e);
     }
     sums[r] = predux(sum);
   }
   alignas(64) float factors[kPacketSize];
-  pstore(factors, pexp(psub(pload<Packet>(old_max), pload<Packet>(reference))));
+  pstore(factors, packet_exp(psub(pload<Packet>(old_max), pload<Packet>(reference))));
   for (Index r = 0; r < rows; ++r) {
     if (old_max[r] == kNegInf) factors[r] = 0.0f;  // nothing accumulated yet; same clamp caveat
     rescale[r] = factors[r];
@@ -186,30 +187,47 @@ inline void online_softmax_update(Index rows, float* scores, float* row_max, flo
 /// The online-softmax update of online_softmax_update for key-major logits (scores[c * stride +
 /// r], keys c < count) of the row packets [packet_first, packet_end): the rows lie along the
 /// vector lanes, so the maxima and sums over keys are lane-wise and need no horizontal reduction.
+/// Each packet keeps four maxima and four sums over the keys c = 0, 1, 2, 3 (mod 4), combined at
+/// the end: one chain of 64 dependent max or add instructions would take four times as long as
+/// the instructions themselves.
 inline void online_softmax_columns(Index count, Index stride, Index packet_first,
                                    Index packet_end, float* scores, float* row_max,
                                    float* row_sum, float* rescale) {
   using namespace Eigen::internal;
+  constexpr int kChains = 4;
   const Packet neg_inf = pset1<Packet>(kNegInf);
+  const Index full = count / kChains * kChains;
   for (Index p = packet_first; p < packet_end; ++p) {
     const Index lanes = p * kPacketSize;
     float* s = scores + lanes;
     const Packet old_max = pload<Packet>(row_max + lanes);
-    Packet new_max = old_max;
-    for (Index c = 0; c < count; ++c) new_max = pmax(new_max, pload<Packet>(s + c * stride));
+    Packet maxima[kChains] = {old_max, old_max, old_max, old_max};
+    for (Index c = 0; c < full; c += kChains) {
+      HEADROOM_UNROLL
+      for (int j = 0; j < kChains; ++j) maxima[j] = pmax(maxima[j], pload<Packet>(s + (c + j) * stride));
+    }
+    for (Index c = full; c < count; ++c) maxima[0] = pmax(maxima[0], pload<Packet>(s + c * stride));
+    const Packet new_max = pmax(pmax(maxima[0], maxima[1]), pmax(maxima[2], maxima[3]));
     // Rows that have seen no visible key keep m = -inf and are shifted by 0 instead, so that
     // exp(-inf - -inf) does not turn their zero state into NaN. Masked logits, and the factor of
-    // rows with nothing accumulated yet, are forced to exactly 0: some vector exps clamp their
-    // argument (SSE's, to -88), so exp(-inf) is not reliably 0.
+    // rows with nothing accumulated yet, are forced to exactly 0: vector exps return a denormal
+    // or clamp (SSE's, to -88) near -inf, so exp(-inf) is not reliably 0.
     const Packet shift = pand(new_max, pcmp_lt(neg_inf, new_max));
-    Packet sum = pset1<Packet>(0.0f);
-    for (Index c = 0; c < count; ++c) {
+    const auto probability = [&](Index c) {
       const Packet logits = pload<Packet>(s + c * stride);
-      const Packet e = pand(pexp(psub(logits, shift)), pcmp_lt(neg_inf, logits));
+      const Packet e = pand(packet_exp(psub(logits, shift)), pcmp_lt(neg_inf, logits));
       pstore(s + c * stride, e);
-      sum = padd(sum, e);
+      return e;
+    };
+    Packet sums[kChains] = {pset1<Packet>(0.0f), pset1<Packet>(0.0f), pset1<Packet>(0.0f),
+                            pset1<Packet>(0.0f)};
+    for (Index c = 0; c < full; c += kChains) {
+      HEADROOM_UNROLL
+      for (int j = 0; j < kChains; ++j) sums[j] = padd(sums[j], probability(c + j));
     }
-    const Packet factor = pand(pexp(psub(old_max, shift)), pcmp_lt(neg_inf, old_max));
+    for (Index c = full; c < count; ++c) sums[0] = padd(sums[0], probability(c));
+    const Packet sum = padd(padd(sums[0], sums[1]), padd(sums[2], sums[3]));
+    const Packet factor = pand(packet_exp(psub(old_max, shift)), pcmp_lt(neg_inf, old_max));
     pstore(rescale + lanes, factor);
     pstore(row_sum + lanes, pmadd(pload<Packet>(row_sum + lanes), factor, sum));
     pstore(row_max + lanes, new_max);

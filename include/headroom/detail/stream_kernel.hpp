@@ -8,6 +8,10 @@
 #include <cstdint>
 #include <type_traits>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "headroom/core/element.hpp"
 #include "headroom/core/tensor_view.hpp"
 #include "headroom/detail/micro_kernel.hpp"
@@ -35,6 +39,97 @@ EIGEN_ALWAYS_INLINE void prefetch_row(const void* row, Index bytes) {
 #else
   for (Index offset = 0; offset < bytes; offset += 64) Eigen::internal::prefetch(at + offset);
 #endif
+}
+
+#if defined(__AVX512F__)
+/// Returns the packet whose lane i is the horizontal sum of acc[i], for kCount <= 16 packets.
+/// A tree of 15 pairwise steps (two shuffles and an add each: 512-bit halves, 128-bit quarters,
+/// then pairs and single lanes within the quarters) does what 16 separate reductions do in about
+/// 130 instructions. The inputs enter the tree transposed as 4 x 4 (slot 4e + l takes acc[4l +
+/// e]), because the tree leaves the sum of slot 4e + l in lane 4l + e.
+template <int kCount>
+EIGEN_ALWAYS_INLINE __m512 sum_each_packet(const Packet* acc) {
+  static_assert(kCount >= 1 && kCount <= 16, "one packet holds at most 16 sums");
+  __m512 level[16];
+  HEADROOM_UNROLL
+  for (int slot = 0; slot < 16; ++slot) {
+    const int i = 4 * (slot % 4) + slot / 4;
+    level[slot] = i < kCount ? static_cast<__m512>(acc[i]) : _mm512_setzero_ps();
+  }
+  // Halves: the sums of slots 2i and 2i + 1 as the low and high 256 bits.
+  HEADROOM_UNROLL
+  for (int i = 0; i < 8; ++i) {
+    const __m512 a = level[2 * i], b = level[2 * i + 1];
+    level[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  }
+  // Quarters: slot 4i + q in the 128-bit quarter q.
+  HEADROOM_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const __m512 a = level[2 * i], b = level[2 * i + 1];
+    level[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
+  }
+  // Within the quarters: pairs of partial sums, then the final sums.
+  HEADROOM_UNROLL
+  for (int i = 0; i < 2; ++i) {
+    const __m512 a = level[2 * i], b = level[2 * i + 1];
+    level[i] = _mm512_add_ps(_mm512_shuffle_ps(a, b, 0x44), _mm512_shuffle_ps(a, b, 0xEE));
+  }
+  return _mm512_add_ps(_mm512_shuffle_ps(level[0], level[1], 0x88),
+                       _mm512_shuffle_ps(level[0], level[1], 0xDD));
+}
+#endif
+
+/// Writes scores[r * score_stride + j] = key_scale[j] * sum of the lanes of acc[r][j], for the
+/// kRows x kKeys accumulators of a block of dot products.
+template <int kRows, int kKeys>
+EIGEN_ALWAYS_INLINE void store_dot_sums(const Packet (&acc)[kRows][kKeys], const float* key_scale,
+                                        float* scores, Index score_stride) {
+  using namespace Eigen::internal;
+#if defined(__AVX512F__)
+  if constexpr (kRows * kKeys <= 16 && kRows * kKeys > 1) {
+    const __m512 sums = sum_each_packet<kRows * kKeys>(&acc[0][0]);  // lane r * kKeys + j
+    if constexpr (kKeys == 16 || kKeys == 8 || kKeys == 4) {
+      // Rows of 16, 8 or 4 sums: each row is a 512-, 256- or 128-bit part of the packet.
+      __m512 scales;
+      if constexpr (kKeys == 16) scales = _mm512_loadu_ps(key_scale);
+      if constexpr (kKeys == 8) scales = _mm512_broadcast_f32x8(_mm256_loadu_ps(key_scale));
+      if constexpr (kKeys == 4) scales = _mm512_broadcast_f32x4(_mm_loadu_ps(key_scale));
+      const __m512 scaled = _mm512_mul_ps(sums, scales);
+      HEADROOM_UNROLL
+      for (int r = 0; r < kRows; ++r) {
+        float* row = scores + r * score_stride;
+        if constexpr (kKeys == 16) _mm512_storeu_ps(row, scaled);
+        if constexpr (kKeys == 8) {
+          _mm256_storeu_ps(row, r == 0 ? _mm512_castps512_ps256(scaled)
+                                       : _mm512_extractf32x8_ps(scaled, 1));
+        }
+        if constexpr (kKeys == 4) {
+          const __m128 part = r == 0   ? _mm512_castps512_ps128(scaled)
+                              : r == 1 ? _mm512_extractf32x4_ps(scaled, 1)
+                              : r == 2 ? _mm512_extractf32x4_ps(scaled, 2)
+                                       : _mm512_extractf32x4_ps(scaled, 3);
+          _mm_storeu_ps(row, part);
+        }
+      }
+    } else {
+      alignas(64) float lanes[16];
+      _mm512_store_ps(lanes, sums);
+      HEADROOM_UNROLL
+      for (int r = 0; r < kRows; ++r) {
+        HEADROOM_UNROLL
+        for (int j = 0; j < kKeys; ++j) {
+          scores[r * score_stride + j] = key_scale[j] * lanes[r * kKeys + j];
+        }
+      }
+    }
+    return;
+  }
+#endif
+  HEADROOM_UNROLL
+  for (int r = 0; r < kRows; ++r) {
+    HEADROOM_UNROLL
+    for (int j = 0; j < kKeys; ++j) scores[r * score_stride + j] = key_scale[j] * predux(acc[r][j]);
+  }
 }
 
 /// Scores of kRows query rows against `count` keys: scores[r * score_stride + c] =
@@ -74,13 +169,7 @@ void dot_scores(const float* q, Index dk, const T* const* k, const float* key_sc
         for (int j = 0; j < kBlock; ++j) acc[r][j] = pmadd(q_d, k_d[j], acc[r][j]);
       }
     }
-    HEADROOM_UNROLL
-    for (int r = 0; r < kRows; ++r) {
-      HEADROOM_UNROLL
-      for (int j = 0; j < kBlock; ++j) {
-        scores[r * score_stride + c + j] = key_scale[c + j] * predux(acc[r][j]);
-      }
-    }
+    store_dot_sums(acc, key_scale + c, scores + c, score_stride);
   };
   for (; c + kKeys <= count; c += kKeys) block(std::integral_constant<int, kKeys>{});
   for (; c < count; ++c) block(std::integral_constant<int, 1>{});
