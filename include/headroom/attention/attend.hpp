@@ -156,20 +156,11 @@ inline void online_softmax_update(Index rows, float* scores, float* row_max, flo
     reference[r] = new_max == kNegInf ? 0.0f : new_max;
     old_max[r] = row_max[r];
     row_max[r] = new_max;
-    if (new_max == kNegInf) {
-      // No visible key yet. Some vector exps clamp their argument (SSE's, to -88), so exp(-inf)
-      // is not reliably 0: write the zero probabilities out rather than compute them.
-      std::fill(s, s + kKeyTile, 0.0f);
-      sums[r] = 0.0f;
-      continue;
-    }
+    // Masked logits (-inf) give exactly 0: packet_exp never returns a denormal.
     const Packet shift = pset1<Packet>(reference[r]);
     Packet sum = pset1<Packet>(0.0f);
-    const Packet neg_inf = pset1<Packet>(kNegInf);
     for (int p = 0; p < kPackets; ++p) {
-      const Packet logits = pload<Packet>(s + p * kPacketSize);
-      // Masked logits give exactly 0, also where the vector exp clamps -inf to a tiny number.
-      const Packet e = pand(packet_exp(psub(logits, shift)), pcmp_lt(neg_inf, logits));
+      const Packet e = packet_exp(psub(pload<Packet>(s + p * kPacketSize), shift));
       pstore(s + p * kPacketSize, e);
       sum = padd(sum, e);
     }
@@ -178,8 +169,7 @@ inline void online_softmax_update(Index rows, float* scores, float* row_max, flo
   alignas(64) float factors[kPacketSize];
   pstore(factors, packet_exp(psub(pload<Packet>(old_max), pload<Packet>(reference))));
   for (Index r = 0; r < rows; ++r) {
-    if (old_max[r] == kNegInf) factors[r] = 0.0f;  // nothing accumulated yet; same clamp caveat
-    rescale[r] = factors[r];
+    rescale[r] = factors[r];  // 0 where nothing was accumulated yet (old_max = -inf)
     row_sum[r] = row_sum[r] * factors[r] + sums[r];
   }
 }
@@ -209,13 +199,12 @@ inline void online_softmax_columns(Index count, Index stride, Index packet_first
     for (Index c = full; c < count; ++c) maxima[0] = pmax(maxima[0], pload<Packet>(s + c * stride));
     const Packet new_max = pmax(pmax(maxima[0], maxima[1]), pmax(maxima[2], maxima[3]));
     // Rows that have seen no visible key keep m = -inf and are shifted by 0 instead, so that
-    // exp(-inf - -inf) does not turn their zero state into NaN. Masked logits, and the factor of
-    // rows with nothing accumulated yet, are forced to exactly 0: vector exps return a denormal
-    // or clamp (SSE's, to -88) near -inf, so exp(-inf) is not reliably 0.
+    // exp(-inf - -inf) does not turn their zero state into NaN. Masked logits (-inf), and the
+    // factor of rows with nothing accumulated yet, come out as exactly 0: packet_exp never
+    // returns a denormal.
     const Packet shift = pand(new_max, pcmp_lt(neg_inf, new_max));
     const auto probability = [&](Index c) {
-      const Packet logits = pload<Packet>(s + c * stride);
-      const Packet e = pand(packet_exp(psub(logits, shift)), pcmp_lt(neg_inf, logits));
+      const Packet e = packet_exp(psub(pload<Packet>(s + c * stride), shift));
       pstore(s + c * stride, e);
       return e;
     };
@@ -227,7 +216,7 @@ inline void online_softmax_columns(Index count, Index stride, Index packet_first
     }
     for (Index c = full; c < count; ++c) sums[0] = padd(sums[0], probability(c));
     const Packet sum = padd(padd(sums[0], sums[1]), padd(sums[2], sums[3]));
-    const Packet factor = pand(packet_exp(psub(old_max, shift)), pcmp_lt(neg_inf, old_max));
+    const Packet factor = packet_exp(psub(old_max, shift));
     pstore(rescale + lanes, factor);
     pstore(row_sum + lanes, pmadd(pload<Packet>(row_sum + lanes), factor, sum));
     pstore(row_max + lanes, new_max);

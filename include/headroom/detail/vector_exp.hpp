@@ -13,9 +13,12 @@
 
 namespace headroom::detail {
 
-/// Returns exp(x) lane by lane, within 2 ulp of the exact value for x in [-87, 88]; below that the
-/// result is a denormal or 0 (also for -inf), above 88.73 it is +inf, and NaN stays NaN. Callers
-/// that need exact zeros for masked lanes mask the result (see online_softmax_columns).
+/// Returns exp(x) lane by lane, within 2 ulp of the exact value where that is a normal float;
+/// below ln(FLT_MIN) = -87.34 (also for -inf) the result is exactly 0, above 88.73 it is +inf, and
+/// NaN stays NaN. No denormal ever comes out: a probability that small is below the resolution of
+/// a softmax sum (which holds exp(0) = 1 for the row maximum), and multiplying denormals costs
+/// Intel cores a microcode assist per instruction, so logits far below their row's maximum (as
+/// next to attention sinks) would slow the P.V product for nothing.
 ///
 /// The method is Cephes' expf (Moshier, "Methods and Programs for Mathematical Functions", 1989):
 /// x = n ln2 + r with n = round(x log2 e) and ln2 split in two (Cody-Waite) so r is exact,
@@ -26,12 +29,13 @@ namespace headroom::detail {
 EIGEN_ALWAYS_INLINE Packet packet_exp(const Packet& x) {
 #if defined(__AVX512F__)
   static_assert(sizeof(Packet) == sizeof(__m512), "the AVX-512 exp works on 16 floats");
-  // exp is 0 in float below -104 and +inf above 89; clamping to them keeps +-inf from making
-  // r = inf - inf = NaN. (max and min return their second operand, x, when it is NaN.)
-  const __m512 clamped = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x));
+  // Lanes below ln(FLT_MIN) are zeroed at the end ("not less than" keeps NaN lanes). Clamping at
+  // 89, where exp is +inf in float anyway, keeps +inf from making r = inf - inf = NaN.
+  const __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654475f), _CMP_NLT_UQ);
+  const __m512 clamped = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(clamped, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  // ln 2 = 0.693359375 - 2.12194440e-4 (Cephes' C1, C2): n * C1 is exact for |n| < 2^9.
+  // ln 2 = 0.693359375 - 2.12194440e-4 (Cephes' C1, C2): n * C1 is exact for |n| < 2^15.
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), clamped);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
   __m512 p = _mm512_set1_ps(1.9875691500e-4f);
@@ -42,10 +46,12 @@ EIGEN_ALWAYS_INLINE Packet packet_exp(const Packet& x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   const __m512 r2 = _mm512_mul_ps(r, r);
   const __m512 exp_r = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  // 2^n exp(r); vscalefps saturates to +inf and flushes to 0 exactly as exp itself does.
-  return Packet(_mm512_scalef_ps(exp_r, n));
+  // 2^n exp(r); vscalefps saturates to +inf as exp itself does.
+  return Packet(_mm512_maskz_scalef_ps(normal, exp_r, n));
 #else
-  return Eigen::internal::pexp(x);
+  // Eigen's pexp returns denormals down to about -88.4: zero them as above (NaN compares false).
+  using namespace Eigen::internal;
+  return pandnot(pexp(x), pcmp_lt(x, pset1<Packet>(-87.33654475f)));
 #endif
 }
 
