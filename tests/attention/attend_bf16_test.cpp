@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// Tests headroom::attend with bf16 queries, keys and values (the AVX512_BF16 pair products where
-// the build has them, and the f32 conversions) against the double-precision reference.
+// Tests headroom::attend with bf16 queries, keys and values (the AMX tile products and the
+// AVX512_BF16 pair products where the build and processor have them, and the f32 conversions)
+// against the double-precision reference.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -41,7 +42,7 @@ struct Bf16Tensor {
   }
 };
 
-/// The pair products round each probability to bf16 (relative error <= 2^-9) before P.V, and
+/// The pair and AMX products round each probability to bf16 (relative error <= 2^-9) before P.V, and
 /// normalise by the sum of the unrounded ones: every output element is within 2^-9 max|v| of the
 /// exact result, plus f32 accumulation (~1e-6). max|v| <= 1 here. The logits are exact products
 /// of bf16 values summed in f32, so the LSE keeps the f32 tolerance.
@@ -72,11 +73,17 @@ void expect_near_reference(const reference::Result& expected, const std::vector<
   }
 }
 
-/// Each test runs with the pair products forced on (where the build has them: elsewhere both runs
-/// convert) and forced off, whichever of the two this processor would choose.
+/// Each test runs with the pair products forced on (where the build has them: elsewhere that run
+/// converts), with the AMX products (skipped where the build, processor or OS lacks them) and
+/// with conversions to f32, whichever this processor would choose.
 class AttendBf16Test : public ::testing::TestWithParam<detail::Bf16PairProducts> {
  protected:
-  void SetUp() override { detail::bf16_pair_products() = GetParam(); }
+  void SetUp() override {
+    if (GetParam() == detail::Bf16PairProducts::kAmxTiles && !detail::amx_available()) {
+      GTEST_SKIP() << "no AMX-BF16 here (build, processor or OS permission)";
+    }
+    detail::bf16_pair_products() = GetParam();
+  }
   void TearDown() override {
     detail::bf16_pair_products() = detail::Bf16PairProducts::kWhereFaster;
   }
@@ -84,16 +91,22 @@ class AttendBf16Test : public ::testing::TestWithParam<detail::Bf16PairProducts>
 
 INSTANTIATE_TEST_SUITE_P(Products, AttendBf16Test,
                          ::testing::Values(detail::Bf16PairProducts::kAlways,
+                                           detail::Bf16PairProducts::kAmxTiles,
                                            detail::Bf16PairProducts::kNever),
                          [](const auto& param_info) {
-                           return param_info.param == detail::Bf16PairProducts::kAlways
-                                      ? "Pairs"
-                                      : "Converted";
+                           switch (param_info.param) {
+                             case detail::Bf16PairProducts::kAlways:
+                               return "Pairs";
+                             case detail::Bf16PairProducts::kAmxTiles:
+                               return "Amx";
+                             default:
+                               return "Converted";
+                           }
                          });
 
 TEST_P(AttendBf16Test, DenseMatchesReferenceOverRandomShapes) {
   std::mt19937 rng(77);
-  // 64 / 128 / 96 / 32 take the pair products; 16 and 40 the conversions.
+  // 64 / 128 / 96 / 32 take the pair or AMX products; 16 and 40 the conversions.
   const std::pair<Index, Index> dims[] = {{64, 64}, {128, 128}, {96, 32}, {32, 96}, {16, 16},
                                           {40, 64}};
   const Index lengths[] = {1, 2, 7, 63, 64, 65, 129, 200, 300};

@@ -23,6 +23,7 @@
 #include "headroom/core/error.hpp"
 #include "headroom/core/parallel.hpp"
 #include "headroom/core/tensor_view.hpp"
+#include "headroom/detail/amx_tile_kernel.hpp"
 #include "headroom/detail/bf16_pair_kernel.hpp"
 #include "headroom/detail/micro_kernel.hpp"
 #include "headroom/detail/stream_kernel.hpp"
@@ -90,6 +91,9 @@ struct TileShape {
   /// Key-major tiles of bf16 queries, keys and values multiply bf16 pairs (bf16_pair_kernel.hpp):
   /// Q^T, P^T and V are kept in pairs along their depth, and the output transposed, O^T.
   bool bf16_pairs;
+  /// Key-major tiles of bf16 queries, keys and values multiply AMX tiles (amx_tile_kernel.hpp):
+  /// Q as bf16 rows, K^T and V in pairs along their depth, scores, P and O row-major.
+  bool amx_tiles;
 };
 
 /// Per-thread scratch, sized once per call; every pointer is aligned for packet loads. Streamed
@@ -115,13 +119,17 @@ struct TileScratch {
   PairBuffer q_pairs;  // [head_dim_k / 2, rows_padded, 2]: Q^T (unscaled) in pairs along dk
   PairBuffer p_pairs;  // [kKeyTile / 2, rows_padded, 2]: P^T in pairs of keys
   PairBuffer v_pairs;  // [kKeyTile / 2, head_dim_v, 2]: V in pairs of keys
+  // AMX tiles only (TileShape::amx_tiles): q_pairs holds Q as bf16 rows [rows_padded, head_dim_k],
+  // p_pairs P as bf16 rows [rows_padded, kKeyTile]; v_pairs as above.
+  PairBuffer k_pairs;  // [head_dim_k / 2, kKeyTile, 2]: K^T in pairs along dk
   LinePrefetcher prefetcher;  // the next tile's rows, requested while this one is computed
 
   explicit TileScratch(const TileShape& shape)
       : q(shape.rows_padded *
           std::max(shape.head_dim_k, shape.bf16_pairs ? shape.head_dim_v_padded : Index{0})),
         k(shape.streamed && !shape.rerope ? 0 : kKeyTile * shape.head_dim_k),
-        v(shape.v_direct || shape.bf16_pairs ? 0 : kKeyTile * shape.head_dim_v_padded),
+        v(shape.v_direct || shape.bf16_pairs || shape.amx_tiles ? 0
+                                                                : kKeyTile * shape.head_dim_v_padded),
         o(shape.rows_padded * shape.head_dim_v_padded),
         scores(shape.rows_padded * kKeyTile),
         row_max(shape.rows_padded),
@@ -131,9 +139,10 @@ struct TileScratch {
         q_rows(shape.rerope ? shape.rows_padded * shape.head_dim_k : 0),
         k_outside(shape.rerope ? kKeyTile * shape.head_dim_k : 0),
         scores_outside(shape.rerope ? shape.rows_padded * kKeyTile : 0),
-        q_pairs(shape.bf16_pairs ? shape.rows_padded * shape.head_dim_k : 0),
-        p_pairs(shape.bf16_pairs ? shape.rows_padded * kKeyTile : 0),
-        v_pairs(shape.bf16_pairs ? kKeyTile * shape.head_dim_v : 0) {}
+        q_pairs(shape.bf16_pairs || shape.amx_tiles ? shape.rows_padded * shape.head_dim_k : 0),
+        p_pairs(shape.bf16_pairs || shape.amx_tiles ? shape.rows_padded * kKeyTile : 0),
+        v_pairs(shape.bf16_pairs || shape.amx_tiles ? kKeyTile * shape.head_dim_v : 0),
+        k_pairs(shape.amx_tiles ? kKeyTile * shape.head_dim_k : 0) {}
 };
 
 /// Folds one block of logits into the running softmax state of its rows (DESIGN.md, "Online
@@ -537,7 +546,11 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
   // bf16 queries, keys and values on a build with AVX512_BF16 (see shape.bf16_pairs).
   constexpr bool kPairProducts = kHasBf16Dot && std::is_same_v<QT, Eigen::bfloat16> &&
                                  std::is_same_v<typename Source::Element, Eigen::bfloat16>;
-  if (shape.bf16_pairs) {
+  // bf16 queries, keys and values on a build with AMX (see shape.amx_tiles).
+  constexpr bool kAmxProducts = kHasAmx && kPairProducts;
+  if (shape.amx_tiles) {
+    pack_query_rows(rows, dk, q_row, q.dim_stride, rows_pad, scratch.q_pairs.data());
+  } else if (shape.bf16_pairs) {
     pack_query_pairs(rows, dk, q_row, q.dim_stride, rows_pad, scratch.q_pairs.data());
   } else if (rerope != nullptr) {
     rerope_queries(*rerope, rows, dk, q_row, q.dim_stride, position, scale, shape.streamed,
@@ -563,6 +576,9 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
     const Index chunk = std::max<Index>(1, (per_split + kKeyTile - 1) / kKeyTile) * kKeyTile;
     item_first = std::min(item_end, item_first + split * chunk);
     item_end = std::min(item_end, item_first + chunk);
+  }
+  if constexpr (kAmxProducts) {
+    if (shape.amx_tiles) configure_amx_tiles();
   }
   using Element = typename Source::Element;
   TileRows<Element> tile_rows[2];  // the current tile's rows and the next one's, for prefetching
@@ -734,6 +750,41 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
         continue;
       }
     }
+    if constexpr (kAmxProducts) {
+      if (shape.amx_tiles) {
+        static_assert(kPacketSize == kAmxRows, "row packets and AMX row blocks coincide");
+        // S = Q.K^T in row-major f32, then scaled; the row-major online softmax per 16 rows; P
+        // rounded to bf16 rows; O = diag(rescale) O + P.V. Keys past the tile's last are zero in
+        // K^T and V (and masked in S).
+        const auto k_bits = [&](Index c) { return tile.k[c]; };
+        pack_query_pairs(tile.count, dk, k_bits, 1, kKeyTile, scratch.k_pairs.data());
+        amx_scores<kKeyTile>(scratch.q_pairs.data(), dk, scratch.k_pairs.data(), packet_first,
+                             packet_end, scores);
+        const Index first = packet_first * kPacketSize, end = packet_end * kPacketSize;
+        Eigen::Map<Eigen::ArrayXf>(scores + first * kKeyTile, (end - first) * kKeyTile) *= scale;
+        if (options.softcap > 0.0f) {
+          apply_softcap(scores + first * kKeyTile, (end - first) * kKeyTile);
+        }
+        const bool unmasked = k0 >= keys.first(position(rows - 1)) &&
+                              k1 <= keys.end(position(0)) && k1 - k0 == kKeyTile;
+        for (Index r = first; r < std::min(rows, end) && !unmasked; ++r) {
+          mask_row(r, scores, kKeyTile, 1);
+        }
+        for (Index r0 = first; r0 < end; r0 += kPacketSize) {
+          online_softmax_update(kPacketSize, scores + r0 * kKeyTile, scratch.row_max.data() + r0,
+                                scratch.row_sum.data() + r0, scratch.rescale.data() + r0);
+        }
+        pack_probability_rows<kKeyTile>(scores, first, end, scratch.p_pairs.data());
+        const Index depth = std::min(k1, keys.end(position(row_end - 1))) - k0;
+        Bf16Bits* v_pairs = scratch.v_pairs.data();
+        pack_value_pairs(tile.v, depth, dv, v_pairs);
+        std::fill(v_pairs + (depth + 1) / 2 * 2 * dv, v_pairs + kKeyTile * dv, Bf16Bits{0});
+        amx_output<kKeyTile>(scratch.p_pairs.data(), v_pairs, dv, packet_first, packet_end,
+                             scratch.rescale.data(), scratch.o.data(), dv_pad);
+        if (prefetcher != nullptr) prefetcher->finish();
+        continue;
+      }
+    }
     if (rerope == nullptr) {
       k_rows = packed_k_rows(tile, dk, source.k_row_stride(), source.k_dim_stride(),
                              scratch.k.data());
@@ -816,6 +867,9 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
     if (prefetcher != nullptr) prefetcher->finish();
   }
 
+  if constexpr (kAmxProducts) {
+    if (shape.amx_tiles) release_amx_tiles();
+  }
   // O / l and LSE = m + log l; a row without visible keys (l = 0) gives zeros and -inf. The bf16
   // pair products leave O^T, transposed back into the (then unused) Q scratch first.
   const float* o = scratch.o.data();
@@ -1027,8 +1081,16 @@ TileShape validate_attend(const TensorView<const QT>& q, const Source& kv,
   shape.v_direct = shape.head_dim_v % kPacketSize == 0 && kv.v_dim_stride() == 1 &&
                    (shape.streamed || (std::is_same_v<typename Source::Element, float> &&
                                        kv.v_rows_aligned(kPacketSize * sizeof(float))));
+  // The AMX products need bf16 rows read in place and dims of whole tiles (32 bf16 of depth, two
+  // 16-column accumulators of dv).
+  shape.amx_tiles = use_amx_tiles() && std::is_same_v<QT, Eigen::bfloat16> &&
+                    std::is_same_v<typename Source::Element, Eigen::bfloat16> && !shape.streamed &&
+                    !shape.rerope && shape.head_dim_k % kAmxDepth == 0 &&
+                    shape.head_dim_v % (2 * kAmxRows) == 0 && kv.k_dim_stride() == 1 &&
+                    kv.v_dim_stride() == 1;
   // The pair products need bf16 rows read in place and dims of whole pair vectors.
-  shape.bf16_pairs = use_bf16_pair_products() && std::is_same_v<QT, Eigen::bfloat16> &&
+  shape.bf16_pairs = !shape.amx_tiles && use_bf16_pair_products() &&
+                     std::is_same_v<QT, Eigen::bfloat16> &&
                      std::is_same_v<typename Source::Element, Eigen::bfloat16> && !shape.streamed &&
                      !shape.rerope && shape.head_dim_k % (2 * kPairLanes) == 0 &&
                      shape.head_dim_v % (2 * kPairLanes) == 0 && kv.k_dim_stride() == 1 &&

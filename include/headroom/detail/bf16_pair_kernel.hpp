@@ -38,11 +38,14 @@ namespace headroom::detail {
 /// Whether this build has the bf16 pair products (compiled for AVX512_BF16).
 inline constexpr bool kHasBf16Dot = HEADROOM_HAS_BF16_DOT != 0;
 
-/// When bf16 tiles use the pair products, rather than converting to f32 for the FMA micro-kernel.
+/// How key-major tiles of bf16 queries, keys and values are multiplied: AMX tiles
+/// (amx_tile_kernel.hpp), vdpbf16ps pair products, or conversions to f32 for the FMA micro-kernel.
 enum class Bf16PairProducts {
-  kWhereFaster,  ///< the default: on processors where vdpbf16ps outruns the FMAs (see below)
-  kAlways,       ///< wherever the build has them (tests check them on any such processor)
-  kNever,
+  kWhereFaster,  ///< the default: AMX tiles where available, else pair products on processors
+                 ///< where vdpbf16ps outruns the FMAs (see below), else f32
+  kAlways,       ///< pair products wherever the build has them (tests check them on any such processor)
+  kAmxTiles,     ///< AMX tiles wherever available, else f32 (tests)
+  kNever,        ///< f32
 };
 
 /// The choice for this process.
@@ -75,6 +78,7 @@ inline bool use_bf16_pair_products() {
   switch (bf16_pair_products().load(std::memory_order_relaxed)) {
     case Bf16PairProducts::kAlways:
       return true;
+    case Bf16PairProducts::kAmxTiles:
     case Bf16PairProducts::kNever:
       return false;
     case Bf16PairProducts::kWhereFaster:
