@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "headroom/core/tensor_view.hpp"
 #include "headroom/detail/bf16_pair_kernel.hpp"
@@ -77,8 +79,15 @@ inline bool use_amx_tiles() {
 template <class RowAt>
 void pack_query_rows(Index rows, Index dk, const RowAt& row, Index dim_stride, Index rows_pad,
                      Bf16Bits* out) {
+  using QT = std::remove_cv_t<std::remove_pointer_t<decltype(row(0))>>;
   for (Index r = 0; r < rows; ++r) {
     const auto* q_r = row(r);  // bf16 (exact), or f32 rounded to bf16
+    if constexpr (std::is_same_v<QT, Eigen::bfloat16>) {
+      if (dim_stride == 1) {
+        std::memcpy(out + r * dk, q_r, static_cast<size_t>(dk) * sizeof(Bf16Bits));
+        continue;
+      }
+    }
     for (Index d = 0; d < dk; ++d) {
       const Eigen::bfloat16 x(static_cast<float>(q_r[d * dim_stride]));
       out[r * dk + d] = Eigen::numext::bit_cast<Bf16Bits>(x);
@@ -168,13 +177,15 @@ void amx_scores(const Bf16Bits* q, Index dk, const Bf16Bits* k_t, Index block_fi
 /// Computes O = diag(rescale) O + P.V for the row blocks [block_first, block_end) of 16 rows.
 ///   p: [rows_pad, kKeys] bf16 probabilities; v_pairs: V in key pairs, [kKeys / 2, dv, 2]
 ///   (pack_value_pairs, zero past the tile's keys); o: [rows_pad, o_stride] f32; dv % 32 == 0.
-/// The rescale pass runs first, in vector registers; then each row block keeps its two A tiles
+/// The rescale pass runs first, in vector registers, over the rows whose maximum moved (once the
+/// running maxima settle, most factors are exactly 1); then each row block keeps its two A tiles
 /// of P (4, 5) while pairs of 16-column accumulators (0, 1) go through their B tiles (6, 7).
 template <Index kKeys>
 void amx_output(const Bf16Bits* p, const Bf16Bits* v_pairs, Index dv, Index block_first,
                 Index block_end, const float* rescale, float* o, Index o_stride) {
   static_assert(kKeys == 2 * kAmxDepth, "a tile's keys are two A tiles deep");
   for (Index r = block_first * kAmxRows; r < block_end * kAmxRows; ++r) {
+    if (rescale[r] == 1.0f) continue;
     const __m512 factor = _mm512_set1_ps(rescale[r]);
     float* row = o + r * o_stride;
     for (Index d = 0; d < dv; d += kPairLanes) {
