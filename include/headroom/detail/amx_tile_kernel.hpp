@@ -178,8 +178,8 @@ void amx_scores(const Bf16Bits* q, Index dk, const Bf16Bits* k_t, Index block_fi
 ///   p: [rows_pad, kKeys] bf16 probabilities; v_pairs: V in key pairs, [kKeys / 2, dv, 2]
 ///   (pack_value_pairs, zero past the tile's keys); o: [rows_pad, o_stride] f32; dv % 32 == 0.
 /// The rescale pass runs first, in vector registers, over the rows whose maximum moved (once the
-/// running maxima settle, most factors are exactly 1); then each row block keeps its two A tiles
-/// of P (4, 5) while pairs of 16-column accumulators (0, 1) go through their B tiles (6, 7).
+/// running maxima settle, most factors are exactly 1); then 32 columns at a time, their V tiles
+/// loaded once, every row block adds its P tiles' products to its two accumulator tiles.
 template <Index kKeys>
 void amx_output(const Bf16Bits* p, const Bf16Bits* v_pairs, Index dv, Index block_first,
                 Index block_end, const float* rescale, float* o, Index o_stride) {
@@ -196,20 +196,22 @@ void amx_output(const Bf16Bits* p, const Bf16Bits* v_pairs, Index dv, Index bloc
   const Index v_stride = 2 * dv * Index{sizeof(Bf16Bits)};  // one key pair row of V
   const Index o_bytes = o_stride * Index{sizeof(float)};
   const Bf16Bits* v_second = v_pairs + (kAmxDepth / 2) * 2 * dv;  // keys [32, 64)
-  for (Index b = block_first; b < block_end; ++b) {
-    const Bf16Bits* p0 = p + b * kAmxRows * kKeys;
-    _tile_loadd(4, p0, kPStride);
-    _tile_loadd(5, p0 + kAmxDepth, kPStride);
-    for (Index d0 = 0; d0 < dv; d0 += 2 * kAmxRows) {
+  for (Index d0 = 0; d0 < dv; d0 += 2 * kAmxRows) {
+    // The four B tiles of these 32 columns (2, 3: keys [0, 32); 6, 7: keys [32, 64)) stay while
+    // every row block passes: a V tile is read once per call, not once per row block.
+    _tile_loadd(2, v_pairs + 2 * d0, v_stride);
+    _tile_loadd(3, v_pairs + 2 * (d0 + kAmxRows), v_stride);
+    _tile_loadd(6, v_second + 2 * d0, v_stride);
+    _tile_loadd(7, v_second + 2 * (d0 + kAmxRows), v_stride);
+    for (Index b = block_first; b < block_end; ++b) {
+      const Bf16Bits* p0 = p + b * kAmxRows * kKeys;
       float* c = o + b * kAmxRows * o_stride + d0;
+      _tile_loadd(4, p0, kPStride);
+      _tile_loadd(5, p0 + kAmxDepth, kPStride);
       _tile_loadd(0, c, o_bytes);
       _tile_loadd(1, c + kAmxRows, o_bytes);
-      _tile_loadd(6, v_pairs + 2 * d0, v_stride);
-      _tile_loadd(7, v_pairs + 2 * (d0 + kAmxRows), v_stride);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-      _tile_loadd(6, v_second + 2 * d0, v_stride);
-      _tile_loadd(7, v_second + 2 * (d0 + kAmxRows), v_stride);
+      _tile_dpbf16ps(0, 4, 2);
+      _tile_dpbf16ps(1, 4, 3);
       _tile_dpbf16ps(0, 5, 6);
       _tile_dpbf16ps(1, 5, 7);
       _tile_stored(0, c, o_bytes);
