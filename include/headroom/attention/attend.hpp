@@ -1172,9 +1172,11 @@ void attend(TensorView<const float> q, const Source& kv, TensorView<float> out,
 }
 
 /// The overload above for bf16 queries, as a bf16 model's projections produce them. With bf16
-/// keys and values too (a bf16 cache or DenseKv<Eigen::bfloat16>), prefill tiles multiply bf16
-/// pairs with AVX512_BF16 where the build has it (about twice the f32 rate; the probabilities are
-/// rounded to bf16 for P.V), and convert to f32 otherwise.
+/// keys and values too (a bf16 cache or DenseKv<Eigen::bfloat16>), prefill tiles multiply AMX
+/// tiles where the build, processor and OS allow them (Intel Xeons since Sapphire Rapids: about
+/// three times the f32 rate), else bf16 pairs with AVX512_BF16 on AMD processors (about twice),
+/// and convert to f32 otherwise. The AMX and pair products round the probabilities to bf16 for
+/// P.V; every path accumulates in f32.
 template <class Source, std::enable_if_t<detail::IsKvSource<Source>::value, int> = 0>
 void attend(TensorView<const Eigen::bfloat16> q, const Source& kv, TensorView<float> out,
             const AttentionOptions& options = {}) {
