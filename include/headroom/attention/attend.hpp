@@ -755,7 +755,7 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
     }
     if constexpr (kAmxProducts) {
       if (shape.amx_tiles) {
-        static_assert(kPacketSize == kAmxRows, "row packets and AMX row blocks coincide");
+        // Row packets are the AMX row blocks (16 rows; see amx_tile_kernel.hpp).
         // S = Q.K^T in row-major f32, then scaled; the row-major online softmax per 16 rows; P
         // rounded to bf16 rows; O = diag(rescale) O + P.V. Keys past the tile's last are zero in
         // K^T and V (and masked in S).

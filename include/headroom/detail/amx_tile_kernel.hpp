@@ -98,6 +98,9 @@ void pack_query_rows(Index rows, Index dk, const RowAt& row, Index dim_stride, I
 
 #if HEADROOM_HAS_AMX
 
+static_assert(kPacketSize == kAmxRows,
+              "AMX builds have AVX-512, whose row packets are the 16-row blocks of the tiles");
+
 /// Configures the eight tile registers of this thread as 16 rows of 64 bytes (palette 1). Tile
 /// configuration is per thread, so every work item configures before its first tile product.
 inline void configure_amx_tiles() {
