@@ -596,6 +596,9 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
       gather_tile_rows(source, b, kv_head, k1, std::min(kKeyTile, item_end - k1), tile_rows[t ^ 1]);
       next = &tile_rows[t ^ 1];
     }
+    // Whether every row of the item sees every key of this (full) tile: then no logit is masked.
+    const bool unmasked = k0 >= keys.first(position(rows - 1)) && k1 <= keys.end(position(0)) &&
+                          k1 - k0 == kKeyTile;
     // The keys of this tile that rows [r0, r0 + block_rows) may see, empty when all are masked.
     const auto block_keys = [&](Index r0, Index block_rows) {
       return std::pair<Index, Index>(std::max(k0, keys.first(position(r0))),
@@ -678,8 +681,6 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
         }
       }
       if (options.softcap > 0.0f) apply_softcap(scores, block_rows * kKeyTile);
-      const bool unmasked = k0 >= keys.first(position(block_rows - 1)) &&
-                            k1 <= keys.end(position(0)) && k1 - k0 == kKeyTile;
       for (Index r = 0; r < block_rows && !unmasked; ++r) mask_row(r, scores, kKeyTile, 1);
       online_softmax_update(block_rows, scores, scratch.row_max.data(), scratch.row_sum.data(),
                             scratch.rescale.data());
@@ -721,8 +722,6 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
     // Soft-caps and masks the tile's key-major logits and folds them into the running softmax.
     const auto softmax_key_major = [&](float* logits) {
       if (options.softcap > 0.0f) apply_softcap(logits, tile.count * rows_pad);
-      const bool unmasked = k0 >= keys.first(position(rows - 1)) &&
-                            k1 <= keys.end(position(0)) && k1 - k0 == kKeyTile;
       const Index mask_end = std::min(rows, packet_end * kPacketSize);
       for (Index r = packet_first * kPacketSize; r < mask_end && !unmasked; ++r) {
         mask_row(r, logits, 1, rows_pad);
@@ -768,8 +767,6 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
         if (options.softcap > 0.0f) {
           apply_softcap(scores + first * kKeyTile, (end - first) * kKeyTile);
         }
-        const bool unmasked = k0 >= keys.first(position(rows - 1)) &&
-                              k1 <= keys.end(position(0)) && k1 - k0 == kKeyTile;
         for (Index r = first; r < std::min(rows, end) && !unmasked; ++r) {
           mask_row(r, scores, kKeyTile, 1);
         }
