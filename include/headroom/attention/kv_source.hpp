@@ -27,7 +27,6 @@ namespace headroom {
 //   Index run_length(Index b, Index j) const;  // keys from j stored at the strides below (>= 1)
 //   Index k_row_stride() const, v_row_stride() const;       // element step from key to key
 //   Index k_dim_stride() const, v_dim_stride() const;       // element step along the head dim
-//   bool v_rows_aligned(Index alignment) const;  // every V row starts at a multiple of it (bytes)
 //
 // Within a run, key j + i sits at k_row(b, j, h) + i * k_row_stride() and its scale at
 // k_scales(b, j, h) + i, so the kernel resolves a block table or a ring buffer once per run, not
@@ -62,12 +61,6 @@ struct DenseKv {
   Index v_row_stride() const { return v.seq_stride; }
   Index k_dim_stride() const { return k.dim_stride; }
   Index v_dim_stride() const { return v.dim_stride; }
-  bool v_rows_aligned(Index alignment) const {
-    const auto bytes = [](Index elements) { return elements * static_cast<Index>(sizeof(T)); };
-    return reinterpret_cast<std::uintptr_t>(v.data) % static_cast<std::uintptr_t>(alignment) == 0 &&
-           bytes(v.batch_stride) % alignment == 0 && bytes(v.seq_stride) % alignment == 0 &&
-           bytes(v.head_stride) % alignment == 0;
-  }
 
   /// Checks the views and lengths; throws headroom::Error naming the bad one.
   void validate(const char* where) const {

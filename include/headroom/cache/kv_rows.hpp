@@ -106,12 +106,6 @@ class KvRows {
                             scales * static_cast<Index>(sizeof(float)));
   }
 
-  /// Returns whether every V row starts at a multiple of `alignment` bytes.
-  bool v_rows_aligned(Index alignment) const {
-    return (v_row_stride() * static_cast<Index>(sizeof(T))) % alignment == 0 &&
-           EIGEN_MAX_ALIGN_BYTES % alignment == 0;
-  }
-
   Index num_kv_heads() const { return num_kv_heads_; }
   Index head_dim_k() const { return head_dim_k_; }
   Index head_dim_v() const { return head_dim_v_; }
@@ -170,7 +164,6 @@ class KvRowsSource {
   Index v_row_stride() const { return rows_->v_row_stride(); }
   Index k_dim_stride() const { return 1; }
   Index v_dim_stride() const { return 1; }
-  bool v_rows_aligned(Index alignment) const { return rows_->v_rows_aligned(alignment); }
 
  protected:
   explicit KvRowsSource(const KvRows<T>& rows) : rows_(&rows) {}
