@@ -22,9 +22,11 @@ namespace headroom::detail {
 /// at one core's share of the bandwidth, little enough to stay in L1 until used. Measured (decode,
 /// D = 128): on a Zen 4 VM with 4 KiB pages, 2-4 KiB suited one row per kv head, 8-16 KiB four, and
 /// against no software prefetch f32 GQA gained 25%, bf16 MHA 40%. On a Xeon VM with the caches in
-/// 2 MiB pages (HugePageAllocator), where the hardware prefetchers run further, 2 KiB is 6% faster
-/// than 4 KiB for f32 MHA and GQA with 1 and 2 threads, and 1 KiB or 8 KiB slower again.
-inline constexpr Index kPrefetchBytes = 2048;
+/// 2 MiB pages (HugePageAllocator), where the hardware prefetchers run further, 2 KiB was 6% faster
+/// than 4 KiB for f32 MHA and GQA; later runs there, alternating 512 B, 1 KiB and 2 KiB four times
+/// at 16k keys and 2 threads, found 1 KiB best: int8 MHA 7-9% faster than at 2 KiB (512 B 10%
+/// slower), f32 MHA 3-6% and f32 GQA 5-10%; bf16 MHA the same, bf16 and int8 GQA within 3%.
+inline constexpr Index kPrefetchBytes = 1024;
 
 /// Requests the `bytes` bytes at `row` (if not null) into the cache ahead of their use. A decode
 /// step does little arithmetic per byte, and the hardware prefetchers alone keep too few lines in
