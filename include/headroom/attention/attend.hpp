@@ -397,14 +397,17 @@ void pack_transposed(Index rows, Index dim, const RowAt& row, Index dim_stride, 
 /// they are stored, and Q^T [dk, rows_padded] (packed once per work item) the vector one: no tile
 /// is ever transposed, and the softmax that follows runs along the lanes. Panels of Q^T are the
 /// outer loop, so each stays in L1 while the keys stream past it. The panels request the next
-/// tile's lines, spread evenly over all their products: measured here, requesting them all
-/// within the first of four panels (GQA prefill) slowed its products by a tenth, as the misses of
-/// the current tile queued behind them, and prefill ran 4-7% slower.
+/// tile's lines, spread evenly over all their products and the `later_depth` rows of depth of the
+/// products that follow (the P.V), which request the rest: memory then streams the whole time.
+/// Measured here: requesting all lines within the first of four panels (GQA prefill) slowed its
+/// products by a tenth, as the misses of the current tile queued behind them, and prefill ran
+/// 4-7% slower; requesting them during the scores alone left DRAM idle during the P.V of MQA
+/// decode, whose scores and P.V each take about as long as reading the tile.
 /// \tparam kDk the head dim (and K row stride) when fixed at compile time, or kDynamicDim.
 template <int kDk>
 void key_major_scores(const float* k, Index count, const float* q_t, Index rows_padded, Index dk,
                       Index packet_first, Index packet_end, float* scores,
-                      LinePrefetcher* prefetcher) {
+                      LinePrefetcher* prefetcher, Index later_depth) {
   // A full register tile is kTileRows keys by kTilePackets packets of rows; narrower panels (the
   // last rows, or a small group) take more keys so that enough accumulators hide the FMA latency.
   // AVX-512: 8 keys x 2 packets and 16 x 1 measured best for 32 and 16 heads over one kv head
@@ -437,7 +440,7 @@ void key_major_scores(const float* k, Index count, const float* q_t, Index rows_
       constexpr int kKeys = decltype(keys_tag)::value;
       depth += (count + kKeys - 1) / kKeys * dk;
     });
-    prefetcher->spread_over(depth);
+    prefetcher->spread_over(depth + later_depth);
   }
   for_each_panel([&](auto packets_tag, auto keys_tag, Index p) {
     constexpr int kPackets = decltype(packets_tag)::value, kKeys = decltype(keys_tag)::value;
@@ -742,6 +745,12 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
       }
       prefetcher = &scratch.prefetcher;
     }
+    // The depth of the P.V products in all (see below): blocks of kTileRows rows, panels of
+    // kTilePackets packets of columns and single packets, at most a tile of keys deep.
+    const Index pv_panels = dv_pad / (kTilePackets * kPacketSize) +
+                            dv_pad % (kTilePackets * kPacketSize) / kPacketSize;
+    const Index pv_depth =
+        (row_end - row_first + kTileRows - 1) / kTileRows * pv_panels * tile.count;
     float* scores = scratch.scores.data();
     const float* k_rows = nullptr;  // the K rows as f32, when unrotated
     // Soft-caps and masks the tile's key-major logits and folds them into the running softmax.
@@ -813,7 +822,7 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
       k_rows = packed_k_rows(tile, dk, source.k_row_stride(), source.k_dim_stride(),
                              scratch.k.data());
       key_major_scores<kDk>(k_rows, tile.count, scratch.q.data(), rows_pad, dk, packet_first,
-                            packet_end, scores, prefetcher);
+                            packet_end, scores, prefetcher, pv_depth);
     } else {
       // Only the row packets that see keys on a side of the window compute its logits.
       const Index inside_end = std::min(row_end, first_row_at(k1 + window - 1));
@@ -824,7 +833,7 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
                              scratch.k.data());
         key_major_scores<kDk>(scratch.k.data(), tile.count, scratch.q.data(), rows_pad, dk,
                               packet_first, (inside_end + kPacketSize - 1) / kPacketSize, scores,
-                              prefetcher);
+                              prefetcher, pv_depth);
       }
       if (beyond) {
         const float* k_beyond = scratch.k_outside.data();
@@ -838,7 +847,7 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
         float* beyond_scores = inside ? scratch.scores_outside.data() : scores;
         key_major_scores<kDk>(k_beyond, tile.count, scratch.q_outside.data(), rows_pad, dk,
                               beyond_first / kPacketSize, packet_end, beyond_scores,
-                              inside ? nullptr : prefetcher);
+                              inside ? nullptr : prefetcher, pv_depth);
         // Rows past inside_end take every key from beyond the window, also those whose packets
         // the inside product did not compute.
         if (inside) {
@@ -869,8 +878,7 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
         dispatch_rows(block_rows, [&](auto rows_tag) {
           micro_kernel<decltype(rows_tag)::value, kPackets, Accumulate::kRescaleAndAdd>(
               Lhs{scores + r0, 1, rows_pad}, v_rows, col, block_end - k0,
-              scratch.o.data() + r0 * dv_pad + col, dv_pad, scratch.rescale.data() + r0,
-              col == 0 && r0 == row_first);
+              scratch.o.data() + r0 * dv_pad + col, dv_pad, scratch.rescale.data() + r0, true);
         });
       });
     };
