@@ -12,6 +12,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -94,7 +95,7 @@ struct TileShape {
   Index num_splits;          // key ranges per work item, merged by LSE (1: no split)
   /// Few rows per item (decode): K and V are read straight from the source into registers
   /// (stream_kernel.hpp), and the scores of a tile are row-major. Otherwise the tile is computed
-  /// key-major (see key_major_scores), with V packed (see pack_v_tile).
+  /// key-major (see key_major_scores), V read in place or packed (see in_place_v_rows).
   bool streamed;
   /// ReRoPE is applied in the kernel (AttentionOptions::rerope): q and the keys are raw.
   bool rerope;
@@ -325,6 +326,23 @@ const float* packed_k_rows(const TileRows<T>& rows, Index dk, Index k_row_stride
     row_to_f32(rows.k[c], dk, k_dim_stride, rows.k_scale[c], k + c * dk);
   }
   return k;
+}
+
+/// Returns the tile's V rows as the P.V product reads them in place, one after the other (row c at
+/// + c * dv, aligned for packet loads), or null when the source does not store them so. f32 rows
+/// of a cache block are (head-major, dv apart), as are those of one kv head in dense [B, S, 1, D]
+/// tensors; any other V is packed (pack_v_tile): rows Hkv * dv floats apart, a power of two of
+/// cache lines, would keep a panel of V in a few sets of L1 (see padded_rows).
+template <class T>
+const float* in_place_v_rows(const TileRows<T>& rows, Index dv, Index v_dim_stride) {
+  if constexpr (std::is_same_v<T, float>) {
+    const float* first = rows.v[0];
+    bool in_place = v_dim_stride == 1 && dv % kPacketSize == 0 &&
+                    reinterpret_cast<std::uintptr_t>(first) % (kPacketSize * sizeof(float)) == 0;
+    for (Index c = 1; c < rows.count && in_place; ++c) in_place = rows.v[c] == first + c * dv;
+    return in_place ? first : nullptr;
+  }
+  return nullptr;
 }
 
 /// Returns whether every value row of the tile is its key row (with the key's scale): a source
@@ -865,11 +883,17 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
     // (The product loads whole aligned packets: dk and dv must be packet multiples.)
     const bool values_in_k_rows = k_rows == scratch.k.data() && dk % kPacketSize == 0 &&
                                   dv % kPacketSize == 0 && values_are_keys(tile);
+    const float* v_in_place =
+        values_in_k_rows ? nullptr : in_place_v_rows(tile, dv, source.v_dim_stride());
     const Index v_stride = padded_rows(dv);
-    if (!values_in_k_rows) pack_v_tile(tile, dv, v_stride, source.v_dim_stride(), scratch.v.data());
+    if (!values_in_k_rows && v_in_place == nullptr) {
+      pack_v_tile(tile, dv, v_stride, source.v_dim_stride(), scratch.v.data());
+    }
     const PackedRows v_rows = values_in_k_rows ? PackedRows{scratch.k.data(), dk, prefetcher}
-                                               : PackedRows{scratch.v.data(), v_stride, prefetcher};
-    const Index columns = values_in_k_rows ? dv : dv_pad;
+                              : v_in_place != nullptr
+                                  ? PackedRows{v_in_place, dv, prefetcher}
+                                  : PackedRows{scratch.v.data(), v_stride, prefetcher};
+    const Index columns = values_in_k_rows || v_in_place != nullptr ? dv : dv_pad;
     const auto panel = [&](Index col, auto packets_tag) {
       constexpr int kPackets = decltype(packets_tag)::value;
       for_each_row_block(row_first, row_end, [&](Index r0, Index block_rows) {
