@@ -310,6 +310,15 @@ void row_to_f32(const T* src, Index dim, Index dim_stride, float scale, float* d
   }
 }
 
+/// Returns whether the `count` rows at row[c] lie one after the other, `stride` elements apart.
+template <class T>
+bool rows_follow_on(const T* const* row, Index count, Index stride) {
+  for (Index c = 1; c < count; ++c) {
+    if (row[c] != row[0] + c * stride) return false;
+  }
+  return true;
+}
+
 /// Returns the tile's K rows as f32, one after the other (row c at + c * dk), as the key-major
 /// product reads them at a stride known at compile time (see FixedStrideLhs): in place when the
 /// source stores them so (f32 cache rows of one block), else converted into `k` [kKeyTile, dk]
@@ -318,9 +327,9 @@ template <class T>
 const float* packed_k_rows(const TileRows<T>& rows, Index dk, Index k_row_stride,
                            Index k_dim_stride, float* k) {
   if constexpr (std::is_same_v<T, float>) {
-    bool in_place = k_dim_stride == 1 && k_row_stride == dk;
-    for (Index c = 1; c < rows.count && in_place; ++c) in_place = rows.k[c] == rows.k[0] + c * dk;
-    if (in_place) return rows.k[0];
+    if (k_dim_stride == 1 && k_row_stride == dk && rows_follow_on(rows.k, rows.count, dk)) {
+      return rows.k[0];
+    }
   }
   for (Index c = 0; c < rows.count; ++c) {
     row_to_f32(rows.k[c], dk, k_dim_stride, rows.k_scale[c], k + c * dk);
@@ -337,10 +346,11 @@ template <class T>
 const float* in_place_v_rows(const TileRows<T>& rows, Index dv, Index v_dim_stride) {
   if constexpr (std::is_same_v<T, float>) {
     const float* first = rows.v[0];
-    bool in_place = v_dim_stride == 1 && dv % kPacketSize == 0 &&
-                    reinterpret_cast<std::uintptr_t>(first) % (kPacketSize * sizeof(float)) == 0;
-    for (Index c = 1; c < rows.count && in_place; ++c) in_place = rows.v[c] == first + c * dv;
-    return in_place ? first : nullptr;
+    if (v_dim_stride == 1 && dv % kPacketSize == 0 &&
+        reinterpret_cast<std::uintptr_t>(first) % (kPacketSize * sizeof(float)) == 0 &&
+        rows_follow_on(rows.v, rows.count, dv)) {
+      return first;
+    }
   }
   return nullptr;
 }
