@@ -250,51 +250,68 @@ inline const float* unit_scales() {
   return ones.data();
 }
 
-/// Where the rows of one K/V tile live: a pointer per key (resolving block tables and ring
-/// buffers once per tile) and the int8 scales (1 for other types).
+/// Where the rows of one K/V tile live, followed by those of the next tile: a pointer per key
+/// (resolving block tables and ring buffers once per tile) and the int8 scales (1 for other types).
+/// The rows `distance` keys ahead of the tile's keys, which the decode products request as they
+/// go, are then k + distance and v + distance, null past the last key of the next tile.
 template <class T>
 struct TileRows {
-  Index count = 0;
-  const T* k[kKeyTile];
-  const T* v[kKeyTile];
-  float k_scale[kKeyTile];
-  float v_scale[kKeyTile];
-  // The rows `distance` keys ahead of each key, possibly in the next tile (null past the end).
-  const T* k_ahead[kKeyTile];
-  const T* v_ahead[kKeyTile];
+  static constexpr Index kMaxDistance = kKeyTile;
+  Index count = 0;       // keys of this tile, at [0, count)
+  Index next_count = 0;  // keys of the next tile, at [count, count + next_count)
+  const T* k[2 * kKeyTile + kMaxDistance];
+  const T* v[2 * kKeyTile + kMaxDistance];
+  float k_scale[2 * kKeyTile];
+  float v_scale[2 * kKeyTile];
 
-  /// Points k_ahead and v_ahead `distance` keys ahead, into `next` (or null) past this tile.
-  void look_ahead(const TileRows* next, Index distance) {
-    for (Index c = 0; c < count; ++c) {
-      const Index ahead = c + distance;
-      const bool here = ahead < count;
-      const bool there = !here && next != nullptr && ahead - count < next->count;
-      k_ahead[c] = here ? k[ahead] : there ? next->k[ahead - count] : nullptr;
-      v_ahead[c] = here ? v[ahead] : there ? next->v[ahead - count] : nullptr;
-    }
+  /// Makes the next tile the current one.
+  void advance() {
+    std::copy(k + count, k + count + next_count, k);
+    std::copy(v + count, v + count + next_count, v);
+    std::copy(k_scale + count, k_scale + count + next_count, k_scale);
+    std::copy(v_scale + count, v_scale + count + next_count, v_scale);
+    std::fill(k + next_count, k + next_count + kMaxDistance, nullptr);
+    std::fill(v + next_count, v + next_count + kMaxDistance, nullptr);
+    count = next_count;
+    next_count = 0;
   }
 };
 
-/// Fills `rows` with the keys [k0, k0 + count) of kv head `kv_head`, one run at a time.
+/// Writes the keys [k0, k0 + count) of kv head `kv_head` to `rows` from key `at` on, one run at a
+/// time, and nulls after them (up to the rows `distance` ahead of the last).
 template <class Source>
 void gather_tile_rows(const Source& source, Index b, Index kv_head, Index k0, Index count,
-                      TileRows<typename Source::Element>& rows) {
-  rows.count = count;
+                      Index at, TileRows<typename Source::Element>& rows) {
+  using Element = typename Source::Element;
   for (Index offset = 0; offset < count;) {
     const Index j = k0 + offset;
     const Index run = std::min(count - offset, source.run_length(b, j));
-    const auto* k_row = source.k_row(b, j, kv_head);
-    const auto* v_row = source.v_row(b, j, kv_head);
+    const Element* k_row = source.k_row(b, j, kv_head);
+    const Element* v_row = source.v_row(b, j, kv_head);
     const float* k_scales = source.k_scales(b, j, kv_head);
     const float* v_scales = source.v_scales(b, j, kv_head);
-    for (Index i = 0; i < run; ++i) {
-      rows.k[offset + i] = k_row + i * source.k_row_stride();
-      rows.v[offset + i] = v_row + i * source.v_row_stride();
-      rows.k_scale[offset + i] = k_scales != nullptr ? k_scales[i] : 1.0f;
-      rows.v_scale[offset + i] = v_scales != nullptr ? v_scales[i] : 1.0f;
+    const Index k_stride = source.k_row_stride(), v_stride = source.v_row_stride();
+    const Element** k_out = rows.k + at + offset;
+    const Element** v_out = rows.v + at + offset;
+    for (Index i = 0; i < run; ++i) k_out[i] = k_row + i * k_stride;
+    for (Index i = 0; i < run; ++i) v_out[i] = v_row + i * v_stride;
+    float* k_scale_out = rows.k_scale + at + offset;
+    float* v_scale_out = rows.v_scale + at + offset;
+    if (k_scales != nullptr) {
+      std::copy(k_scales, k_scales + run, k_scale_out);
+    } else {
+      std::fill(k_scale_out, k_scale_out + run, 1.0f);
+    }
+    if (v_scales != nullptr) {
+      std::copy(v_scales, v_scales + run, v_scale_out);
+    } else {
+      std::fill(v_scale_out, v_scale_out + run, 1.0f);
     }
     offset += run;
   }
+  const Index end = at + count;
+  std::fill(rows.k + end, rows.k + end + TileRows<Element>::kMaxDistance, nullptr);
+  std::fill(rows.v + end, rows.v + end + TileRows<Element>::kMaxDistance, nullptr);
 }
 
 /// Writes `dim` elements of a K or V row (dim_stride apart) to the aligned f32 row `dst`, times
@@ -637,20 +654,19 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
     if (shape.amx_tiles) configure_amx_tiles();
   }
   using Element = typename Source::Element;
-  TileRows<Element> tile_rows[2];  // the current tile's rows and the next one's, for prefetching
-  const Index prefetch_distance = std::max<Index>(
-      1, kPrefetchBytes / (std::max(dk, dv) * static_cast<Index>(sizeof(Element))));
+  TileRows<Element> tile;  // this tile's rows and the next one's, for prefetching
+  const Index prefetch_distance = std::clamp<Index>(
+      kPrefetchBytes / (std::max(dk, dv) * static_cast<Index>(sizeof(Element))), 1,
+      TileRows<Element>::kMaxDistance);
   if (item_first < item_end) {
-    gather_tile_rows(source, b, kv_head, item_first,
-                     std::min(kKeyTile, item_end - item_first), tile_rows[0]);
+    tile.count = std::min(kKeyTile, item_end - item_first);
+    gather_tile_rows(source, b, kv_head, item_first, tile.count, 0, tile);
   }
-  for (Index k0 = item_first, t = 0; k0 < item_end; k0 += kKeyTile, t ^= 1) {
+  for (Index k0 = item_first; k0 < item_end; k0 += kKeyTile, tile.advance()) {
     const Index k1 = std::min(k0 + kKeyTile, item_end);
-    TileRows<Element>& tile = tile_rows[t];
-    const TileRows<Element>* next = nullptr;
     if (k1 < item_end) {
-      gather_tile_rows(source, b, kv_head, k1, std::min(kKeyTile, item_end - k1), tile_rows[t ^ 1]);
-      next = &tile_rows[t ^ 1];
+      tile.next_count = std::min(kKeyTile, item_end - k1);
+      gather_tile_rows(source, b, kv_head, k1, tile.next_count, tile.count, tile);
     }
     // Whether every row of the item sees every key of this (full) tile: then no logit is masked.
     const bool unmasked = k0 >= keys.first(position(rows - 1)) && k1 <= keys.end(position(0)) &&
@@ -693,7 +709,7 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
 
     if (shape.streamed) {
       // Decode: each block of at most kTileRows rows reads K and V straight from the source.
-      tile.look_ahead(next, prefetch_distance);
+      const Element* const* k_ahead = tile.k + prefetch_distance;
       const Index block_rows = rows;
       const auto [block_first, block_end] = block_keys(0, block_rows);
       if (block_first >= block_end) continue;
@@ -707,14 +723,14 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
         });
       };
       if (rerope == nullptr) {
-        scores_against(scratch.q.data(), tile.k, tile.k_scale, tile.k_ahead, scores);
+        scores_against(scratch.q.data(), tile.k, tile.k_scale, k_ahead, scores);
       } else {
         const bool inside = first_row_at(k1 + window - 1) > 0;
         const Index beyond_first = first_row_at(k0 + window);
         const bool beyond = beyond_first < block_rows;
         const float* rotated[kKeyTile];
         if (inside) {
-          rerope_keys(*rerope, true, tile, k0, dk, source.k_dim_stride(), tile.k_ahead,
+          rerope_keys(*rerope, true, tile, k0, dk, source.k_dim_stride(), k_ahead,
                       scratch.k.data());
           for (Index c = 0; c < tile.count; ++c) rotated[c] = scratch.k.data() + c * dk;
           scores_against(scratch.q.data(), rotated, unit_scales(), nullptr, scores);
@@ -723,13 +739,13 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
           float* beyond_scores = inside ? scratch.scores_outside.data() : scores;
           if (rerope->config().is_leaky()) {
             rerope_keys(*rerope, false, tile, k0, dk, source.k_dim_stride(),
-                        inside ? nullptr : tile.k_ahead, scratch.k_outside.data());
+                        inside ? nullptr : k_ahead, scratch.k_outside.data());
             for (Index c = 0; c < tile.count; ++c) rotated[c] = scratch.k_outside.data() + c * dk;
             scores_against(scratch.q_outside.data(), rotated, unit_scales(), nullptr,
                            beyond_scores);
           } else {
             scores_against(scratch.q_outside.data(), tile.k, tile.k_scale,
-                           inside ? nullptr : tile.k_ahead, beyond_scores);
+                           inside ? nullptr : k_ahead, beyond_scores);
           }
           if (inside) {
             take_beyond_window(beyond_first, block_rows, beyond_scores, scores, kKeyTile, 1);
@@ -740,7 +756,7 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
       for (Index r = 0; r < block_rows && !unmasked; ++r) mask_row(r, scores, kKeyTile, 1);
       online_softmax_update(block_rows, scores, scratch.row_max.data(), scratch.row_sum.data(),
                             scratch.rescale.data());
-      const SourceRows<Element> v_rows{tile.v, tile.v_scale, tile.v_ahead,
+      const SourceRows<Element> v_rows{tile.v, tile.v_scale, tile.v + prefetch_distance,
                                        dv * static_cast<Index>(sizeof(Element))};
       // Probabilities past block_end are zero: the P.V depth stops there.
       gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, Lhs{scores, kKeyTile, 1}, v_rows,
@@ -763,13 +779,13 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
     // no requests as they go; a burst of a tile's requests at its end held 8% of their samples
     // and gained nothing, as packing the next tile streams its rows in order anyway.
     LinePrefetcher* prefetcher = nullptr;
-    if (next != nullptr && source.k_dim_stride() == 1 && source.v_dim_stride() == 1 &&
+    if (tile.next_count > 0 && source.k_dim_stride() == 1 && source.v_dim_stride() == 1 &&
         !shape.amx_tiles) {
       scratch.prefetcher.clear();
-      for (Index c = 0; c < next->count; ++c) {
-        scratch.prefetcher.add(next->k[c], dk * Index{sizeof(Element)});
+      for (Index c = tile.count; c < tile.count + tile.next_count; ++c) {
+        scratch.prefetcher.add(tile.k[c], dk * Index{sizeof(Element)});
         // Values stored inside the key rows (MLA's latent cache) come with them.
-        if (next->v[c] != next->k[c]) scratch.prefetcher.add(next->v[c], dv * Index{sizeof(Element)});
+        if (tile.v[c] != tile.k[c]) scratch.prefetcher.add(tile.v[c], dv * Index{sizeof(Element)});
       }
       prefetcher = &scratch.prefetcher;
     }
