@@ -55,6 +55,11 @@ def main(path):
                     if n.startswith(f"BM_ReadBandwidth/threads:{threads}/")), default=None)
         if best:
             print(f"| DRAM read (best of 1/2/4 streams) | {threads} | {fmt(best / 1e9, 1)} GB/s |")
+    for threads in (1, 2):
+        sgemm = runs.get(f"BM_EigenSgemm/threads:{threads}")
+        if sgemm:
+            print(f"| Eigen SGEMM 2048^3 (reference, not a probe) | {threads} | "
+                  f"{fmt(sgemm['FLOPS'] / 1e9, 1)} GFLOP/s, roof {fmt(sgemm['roof'])} |")
 
     def prefill_row(m, run):
         naive = runs.get(m[0].replace("BM_Prefill/", "BM_PrefillNaive/"))

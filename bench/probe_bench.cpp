@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: MIT
-// Probe benchmarks: this machine's FP32 FMA peak and DRAM read bandwidth, per thread count.
+// Probe benchmarks: this machine's FP32 FMA peak and DRAM read bandwidth, per thread count, and
+// the fraction of that peak a matrix product reaches here (Eigen's SGEMM), the class of speed the
+// prefill kernel's products aim at.
 #include <benchmark/benchmark.h>
+
+#include <Eigen/Core>
 
 #include "roofline.hpp"
 
@@ -38,6 +42,27 @@ BENCHMARK(BM_ReadBandwidth)
     ->ArgsProduct({{1, 2}, {1, 2, 4}})
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
+
+/// C = A.B for square f32 matrices of 2048 (L3-sized operands, as in a tuned SGEMM's best case):
+/// what a register-blocked, cache-blocked product with loads and stores reaches of the FMA peak,
+/// which counts register-only FMAs. Reported as `roof`, like the attention kernels.
+void BM_EigenSgemm(benchmark::State& state) {
+  const int num_threads = static_cast<int>(state.range(0));
+  constexpr Index kSize = 2048;
+  Eigen::setNbThreads(num_threads);
+  const Eigen::MatrixXf a = Eigen::MatrixXf::Random(kSize, kSize);
+  const Eigen::MatrixXf b = Eigen::MatrixXf::Random(kSize, kSize);
+  Eigen::MatrixXf c(kSize, kSize);
+  for (auto _ : state) {
+    c.noalias() = a * b;
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  Eigen::setNbThreads(1);
+  set_flop_counters(state, 2.0 * kSize * kSize * kSize, num_threads);
+}
+BENCHMARK(BM_EigenSgemm)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(
+    benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace headroom::bench
