@@ -782,11 +782,8 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
     if (tile.next_count > 0 && source.k_dim_stride() == 1 && source.v_dim_stride() == 1 &&
         !shape.amx_tiles) {
       scratch.prefetcher.clear();
-      for (Index c = tile.count; c < tile.count + tile.next_count; ++c) {
-        scratch.prefetcher.add(tile.k[c], dk * Index{sizeof(Element)});
-        // Values stored inside the key rows (MLA's latent cache) come with them.
-        if (tile.v[c] != tile.k[c]) scratch.prefetcher.add(tile.v[c], dv * Index{sizeof(Element)});
-      }
+      scratch.prefetcher.add_rows(tile.k + tile.count, tile.v + tile.count, tile.next_count,
+                                  dk * Index{sizeof(Element)}, dv * Index{sizeof(Element)});
       prefetcher = &scratch.prefetcher;
     }
     // The depth of the P.V products in all (see below): blocks of kTileRows rows, panels of

@@ -65,17 +65,23 @@ class LinePrefetcher {
   };
 
   void clear() { size_ = next_ = 0; }
-  void add(const void* row, Index bytes) {
-    if (row == nullptr) return;
-    const char* at = static_cast<const char*>(row);
-    const Index count = (bytes + 63) / 64;
+  /// Adds the lines of `count` keys' rows, each key's K row (k_bytes) then its V row (v_bytes;
+  /// none where it is the K row, as in MLA's latent cache), after those added before.
+  template <class T>
+  void add_rows(const T* const* k, const T* const* v, Index count, Index k_bytes, Index v_bytes) {
+    const Index k_lines = (k_bytes + 63) / 64, v_lines = (v_bytes + 63) / 64;
+    const Index most = size_ + count * (k_lines + v_lines);
     // The storage only grows (a tile's worth, once per call), so adding is plain stores.
-    if (size_ + count > static_cast<Index>(lines_.size())) {
-      lines_.resize(static_cast<size_t>(2 * (size_ + count)));
+    if (most > static_cast<Index>(lines_.size())) lines_.resize(static_cast<size_t>(2 * most));
+    const char** out = lines_.data() + size_;
+    for (Index c = 0; c < count; ++c) {
+      const char* k_row = reinterpret_cast<const char*>(k[c]);
+      const char* v_row = reinterpret_cast<const char*>(v[c]);
+      for (Index i = 0; i < k_lines; ++i) *out++ = k_row + i * 64;
+      if (v_row == k_row) continue;
+      for (Index i = 0; i < v_lines; ++i) *out++ = v_row + i * 64;
     }
-    const char** lines = lines_.data() + size_;
-    for (Index i = 0; i < count; ++i) lines[i] = at + i * 64;
-    size_ += count;
+    size_ = out - lines_.data();
   }
   /// Spreads the lines evenly over products of `depth` rows in all: decode tiles have little
   /// arithmetic per byte, prefill tiles much. Measured here: requesting the next tile within the
