@@ -270,10 +270,14 @@ struct TileRows {
     std::copy(v + count, v + count + next_count, v);
     std::copy(k_scale + count, k_scale + count + next_count, k_scale);
     std::copy(v_scale + count, v_scale + count + next_count, v_scale);
-    std::fill(k + next_count, k + next_count + kMaxDistance, nullptr);
-    std::fill(v + next_count, v + next_count + kMaxDistance, nullptr);
     count = next_count;
     next_count = 0;
+    end_at(count);
+  }
+  /// Nulls the rows that keys before `end` look ahead to past it.
+  void end_at(Index end) {
+    std::fill(k + end, k + end + kMaxDistance, nullptr);
+    std::fill(v + end, v + end + kMaxDistance, nullptr);
   }
 };
 
@@ -309,9 +313,7 @@ void gather_tile_rows(const Source& source, Index b, Index kv_head, Index k0, In
     }
     offset += run;
   }
-  const Index end = at + count;
-  std::fill(rows.k + end, rows.k + end + TileRows<Element>::kMaxDistance, nullptr);
-  std::fill(rows.v + end, rows.v + end + TileRows<Element>::kMaxDistance, nullptr);
+  rows.end_at(at + count);
 }
 
 /// Writes `dim` elements of a K or V row (dim_stride apart) to the aligned f32 row `dst`, times
