@@ -7,12 +7,14 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "headroom/attention/merge.hpp"
 #include "reference.hpp"
+#include "tile_products.hpp"
 
 namespace headroom {
 namespace {
@@ -109,11 +111,36 @@ void expect_matches_reference(const Case& c, std::mt19937& rng, int num_threads 
   }
 }
 
+/// Each test runs with the key-major f32 tiles multiplied by the AMX split products (skipped
+/// where the build, processor or OS lacks AMX-BF16), forced on for every tile, and by FMAs.
+class AttendTest : public ::testing::TestWithParam<detail::F32TileProducts> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == detail::F32TileProducts::kAmxSplit && !detail::amx_available()) {
+      GTEST_SKIP() << "no AMX-BF16 here (build, processor or OS permission)";
+    }
+    products_.emplace(GetParam());
+  }
+  void TearDown() override { products_.reset(); }
+
+ private:
+  std::optional<testing::ScopedF32TileProducts> products_;
+};
+
+INSTANTIATE_TEST_SUITE_P(Products, AttendTest,
+                         ::testing::Values(detail::F32TileProducts::kAmxSplit,
+                                           detail::F32TileProducts::kFma),
+                         [](const auto& param_info) {
+                           return param_info.param == detail::F32TileProducts::kAmxSplit
+                                      ? "AmxSplit"
+                                      : "Fma";
+                         });
+
 /// Sizes around the tile boundaries of the kernel (64 keys per tile, 6 rows per register block,
 /// 128 rows per work item).
 constexpr Index kAwkwardLengths[] = {1, 2, 5, 6, 7, 63, 64, 65, 127, 129, 200};
 
-TEST(AttendTest, MatchesReferenceOverRandomShapes) {
+TEST_P(AttendTest, MatchesReferenceOverRandomShapes) {
   std::mt19937 rng(2026);
   const std::pair<Index, Index> dims[] = {{64, 64}, {128, 128}, {192, 128}, {5, 7},
                                           {16, 48}, {33, 17}, {1, 1}, {96, 80}};
@@ -138,19 +165,19 @@ TEST(AttendTest, MatchesReferenceOverRandomShapes) {
   }
 }
 
-TEST(AttendTest, MatchesReferenceForMlaAbsorbedDims) {
+TEST_P(AttendTest, MatchesReferenceForMlaAbsorbedDims) {
   std::mt19937 rng(7);
   expect_matches_reference({1, 3, 70, 4, 1, 576, 512, Mask::causal()}, rng);
 }
 
-TEST(AttendTest, EveryGroupSizeFromMhaToMqa) {
+TEST_P(AttendTest, EveryGroupSizeFromMhaToMqa) {
   std::mt19937 rng(11);
   for (Index num_kv_heads : {12, 6, 4, 3, 2, 1}) {
     expect_matches_reference({2, 33, 70, 12, num_kv_heads, 16, 16, Mask::causal()}, rng);
   }
 }
 
-TEST(AttendTest, DecodeShapesSingleAndFewQueriesOverLongerKeys) {
+TEST_P(AttendTest, DecodeShapesSingleAndFewQueriesOverLongerKeys) {
   std::mt19937 rng(13);
   for (Index q_len : {1, 2, 8}) {
     expect_matches_reference({2, q_len, 300, 8, 2, 64, 64, Mask::causal(), true}, rng);
@@ -158,7 +185,7 @@ TEST(AttendTest, DecodeShapesSingleAndFewQueriesOverLongerKeys) {
   }
 }
 
-TEST(AttendTest, LogitsOfTenThousandStayFiniteAndCorrect) {
+TEST_P(AttendTest, LogitsOfTenThousandStayFiniteAndCorrect) {
   // Logits near +1e4 and -1e4 that f32 represents exactly (q = e0, k_j[0] = +-1e4 + j / 8), so the
   // only rounding left is the kernel's own: a naive exp would overflow to inf and give NaN.
   std::mt19937 rng(17);
@@ -187,7 +214,7 @@ TEST(AttendTest, LogitsOfTenThousandStayFiniteAndCorrect) {
   }
 }
 
-TEST(AttendTest, RowsWithoutVisibleKeysGiveZerosAndNegativeInfinityLse) {
+TEST_P(AttendTest, RowsWithoutVisibleKeysGiveZerosAndNegativeInfinityLse) {
   std::mt19937 rng(19);
   // More queries than keys under a causal mask: the first queries sit at negative positions.
   Case causal{1, 80, 10, 2, 1, 8, 8, Mask::causal()};
@@ -209,7 +236,7 @@ TEST(AttendTest, RowsWithoutVisibleKeysGiveZerosAndNegativeInfinityLse) {
   }
 }
 
-TEST(AttendTest, EmptyInputs) {
+TEST_P(AttendTest, EmptyInputs) {
   std::mt19937 rng(23);
   // q_len = 0: nothing is written.
   Tensor q(1, 0, 2, 8, Layout::kBshd, rng), k(1, 4, 2, 8, Layout::kBshd, rng);
@@ -226,7 +253,7 @@ TEST(AttendTest, EmptyInputs) {
   for (float value : lse) EXPECT_EQ(value, -std::numeric_limits<float>::infinity());
 }
 
-TEST(AttendTest, MergingTwoKeyHalvesByLseEqualsTheFullResult) {
+TEST_P(AttendTest, MergingTwoKeyHalvesByLseEqualsTheFullResult) {
   std::mt19937 rng(29);
   const Index batch = 2, q_len = 9, kv_len = 150, heads = 4, kv_heads = 2, dim = 32;
   Tensor q(batch, q_len, heads, dim, Layout::kBshd, rng);
@@ -260,7 +287,7 @@ TEST(AttendTest, MergingTwoKeyHalvesByLseEqualsTheFullResult) {
   for (size_t i = 0; i < lse_full.size(); ++i) ASSERT_NEAR(lse_a[i], lse_full[i], 1e-5) << i;
 }
 
-TEST(AttendTest, ResultsAreBitIdenticalForEveryThreadCount) {
+TEST_P(AttendTest, ResultsAreBitIdenticalForEveryThreadCount) {
   std::mt19937 rng(31);
   const Index batch = 2, q_len = 300, kv_len = 300, heads = 8, kv_heads = 2, dim = 64;
   Tensor q(batch, q_len, heads, dim, Layout::kBshd, rng);
@@ -282,7 +309,7 @@ TEST(AttendTest, ResultsAreBitIdenticalForEveryThreadCount) {
   }
 }
 
-TEST(AttendTest, DimMajorKeysAndValuesAcrossSeveralTiles) {
+TEST_P(AttendTest, DimMajorKeysAndValuesAcrossSeveralTiles) {
   // K and V stored [head_dim, kv_len] (dim stride = kv_len): every element is gathered.
   std::mt19937 rng(43);
   const Index kv_len = 150, dim = 32, heads = 2;
@@ -304,7 +331,7 @@ TEST(AttendTest, DimMajorKeysAndValuesAcrossSeveralTiles) {
   }
 }
 
-TEST(AttendTest, ExtremeWindowAndSplitCountsAreSafe) {
+TEST_P(AttendTest, ExtremeWindowAndSplitCountsAreSafe) {
   // Regressions: pos - window overflowed for a huge window; a huge split count allocated
   // partial results for every split.
   std::mt19937 rng(47);
@@ -326,7 +353,7 @@ TEST(AttendTest, ExtremeWindowAndSplitCountsAreSafe) {
   }
 }
 
-TEST(AttendTest, CustomScaleIsApplied) {
+TEST_P(AttendTest, CustomScaleIsApplied) {
   std::mt19937 rng(37);
   Tensor q(1, 4, 2, 8, Layout::kBshd, rng), k(1, 9, 2, 8, Layout::kBshd, rng);
   Tensor v(1, 9, 2, 8, Layout::kBshd, rng), out(1, 4, 2, 8, Layout::kBshd, rng);
@@ -358,7 +385,7 @@ void expect_rejected(const TensorView<float>& q, const TensorView<float>& k,
   EXPECT_EQ(std::vector<float>(out.data, out.data + std::max<Index>(out.size(), 0)), before);
 }
 
-TEST(AttendTest, BadArgumentsThrowErrorsNamingThem) {
+TEST_P(AttendTest, BadArgumentsThrowErrorsNamingThem) {
   std::mt19937 rng(41);
   Tensor q(2, 4, 6, 8, Layout::kBshd, rng), k(2, 5, 3, 8, Layout::kBshd, rng);
   Tensor v(2, 5, 3, 8, Layout::kBshd, rng), out(2, 4, 6, 8, Layout::kBshd, rng);

@@ -24,6 +24,7 @@
 #include "headroom/core/error.hpp"
 #include "headroom/core/parallel.hpp"
 #include "headroom/core/tensor_view.hpp"
+#include "headroom/detail/amx_split_kernel.hpp"
 #include "headroom/detail/amx_tile_kernel.hpp"
 #include "headroom/detail/bf16_pair_kernel.hpp"
 #include "headroom/detail/micro_kernel.hpp"
@@ -40,7 +41,7 @@ namespace detail {
 inline constexpr Index kKeyTile = 64;
 /// Query rows per work item (query positions x heads of the group): enough rows to amortise
 /// packing each K/V tile once per group, few enough that the rows' Q and O stay in L2.
-inline constexpr Index kTargetRows = 256;
+inline constexpr Index kTargetRows = 512;
 /// Splitting the keys of a work item across threads (flash-decoding) pays when there are fewer
 /// items than this; the split count depends on the shapes only, never on the thread count, so
 /// results stay bit-identical for any number of threads. Each split starts on a tile nobody has
@@ -102,9 +103,12 @@ struct TileShape {
   /// Key-major tiles of bf16 queries, keys and values multiply bf16 pairs (bf16_pair_kernel.hpp):
   /// Q^T, P^T and V are kept in pairs along their depth, and the output transposed, O^T.
   bool bf16_pairs;
-  /// Key-major tiles of bf16 queries, keys and values multiply AMX tiles (amx_tile_kernel.hpp):
-  /// Q as bf16 rows, K^T and V in pairs along their depth, scores, P and O row-major.
+  /// Key-major tiles multiply AMX tiles: Q as bf16 rows, K^T and V in pairs along their depth,
+  /// scores, P and O row-major. bf16 queries, keys and values as they are (amx_tile_kernel.hpp);
+  /// f32 ones as three bf16 parts each (amx_split_kernel.hpp).
   bool amx_tiles;
+  /// The bf16 parts of each AMX operand: 1 (bf16 operands) or kSplitParts (f32); 0 without AMX.
+  Index amx_parts;
 };
 
 /// Per-thread scratch, sized once per call; every pointer is aligned for packet loads. Streamed
@@ -130,8 +134,9 @@ struct TileScratch {
   PairBuffer q_pairs;  // [head_dim_k / 2, rows_padded, 2]: Q^T (unscaled) in pairs along dk
   PairBuffer p_pairs;  // [kKeyTile / 2, rows_padded, 2]: P^T in pairs of keys
   PairBuffer v_pairs;  // [kKeyTile / 2, head_dim_v, 2]: V in pairs of keys
-  // AMX tiles only (TileShape::amx_tiles): q_pairs holds Q as bf16 rows [rows_padded, head_dim_k],
-  // p_pairs P as bf16 rows [rows_padded, kKeyTile]; v_pairs as above.
+  // AMX tiles only (TileShape::amx_tiles), each buffer once per part (amx_parts): q_pairs holds Q
+  // as bf16 rows [rows_padded, head_dim_k], p_pairs P as bf16 rows [rows_padded, kKeyTile];
+  // v_pairs as above.
   PairBuffer k_pairs;  // [head_dim_k / 2, kKeyTile, 2]: K^T in pairs along dk
   LinePrefetcher prefetcher;  // the next tile's rows, requested while this one is computed
 
@@ -151,10 +156,15 @@ struct TileScratch {
         q_rows(shape.rerope ? shape.rows_padded * shape.head_dim_k : 0),
         k_outside(shape.rerope ? kKeyTile * shape.head_dim_k : 0),
         scores_outside(shape.rerope ? shape.rows_padded * kKeyTile : 0),
-        q_pairs(shape.bf16_pairs || shape.amx_tiles ? shape.rows_padded * shape.head_dim_k : 0),
-        p_pairs(shape.bf16_pairs || shape.amx_tiles ? shape.rows_padded * kKeyTile : 0),
-        v_pairs(shape.bf16_pairs || shape.amx_tiles ? kKeyTile * shape.head_dim_v : 0),
-        k_pairs(shape.amx_tiles ? kKeyTile * shape.head_dim_k : 0) {}
+        q_pairs(pair_parts(shape) * shape.rows_padded * shape.head_dim_k),
+        p_pairs(pair_parts(shape) * shape.rows_padded * kKeyTile),
+        v_pairs(pair_parts(shape) * kKeyTile * shape.head_dim_v),
+        k_pairs(shape.amx_parts * kKeyTile * shape.head_dim_k) {}
+
+  /// The copies of the pair buffers a call needs: one per AMX part, one for the pair products.
+  static Index pair_parts(const TileShape& shape) {
+    return shape.amx_tiles ? shape.amx_parts : shape.bf16_pairs ? 1 : 0;
+  }
 };
 
 /// Folds one block of logits into the running softmax state of its rows (DESIGN.md, "Online
@@ -623,7 +633,31 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
                                  std::is_same_v<typename Source::Element, Eigen::bfloat16>;
   // bf16 queries, keys and values on a build with AMX (see shape.amx_tiles).
   constexpr bool kAmxProducts = kHasAmx && kPairProducts;
-  if (shape.amx_tiles) {
+  // f32 queries, keys and values on a build with AMX, as three bf16 parts (shape.amx_tiles).
+  constexpr bool kSplitProducts = kHasAmx && std::is_same_v<QT, float> &&
+                                  std::is_same_v<typename Source::Element, float>;
+  constexpr bool kTileProducts = kAmxProducts || kSplitProducts;
+  // Writes the Q rows times the scale as f32 rows [rows, dk] at rows_out.
+  const auto scale_query_rows = [&](float* rows_out) {
+    for (Index r = 0; r < rows; ++r) {
+      for (Index d = 0; d < dk; ++d) {
+        rows_out[r * dk + d] = static_cast<float>(q_row(r)[d * q.dim_stride]) * scale;
+      }
+    }
+  };
+  bool q_packed = false;
+  if constexpr (kSplitProducts) {
+    if (shape.amx_tiles) {
+      // Scaled before the split, as the FMA path scales Q: the scores come out scaled.
+      scale_query_rows(scratch.q.data());
+      std::fill(scratch.q.begin() + rows * dk, scratch.q.begin() + rows_pad * dk, 0.0f);
+      pack_split_rows(scratch.q.data(), dk, 0, rows_pad, dk, scratch.q_pairs.data(), dk,
+                      rows_pad * dk);
+      q_packed = true;
+    }
+  }
+  if (q_packed) {
+  } else if (shape.amx_tiles) {
     pack_query_rows(rows, dk, q_row, q.dim_stride, rows_pad, scratch.q_pairs.data());
   } else if (shape.bf16_pairs) {
     pack_query_pairs(rows, dk, q_row, q.dim_stride, rows_pad, scratch.q_pairs.data());
@@ -631,11 +665,7 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
     rerope_queries(*rerope, rows, dk, q_row, q.dim_stride, position, scale, shape.streamed,
                    rows_pad, scratch.q_rows.data(), scratch.q.data(), scratch.q_outside.data());
   } else if (shape.streamed) {
-    for (Index r = 0; r < rows; ++r) {
-      for (Index d = 0; d < dk; ++d) {
-        scratch.q[r * dk + d] = static_cast<float>(q_row(r)[d * q.dim_stride]) * scale;
-      }
-    }
+    scale_query_rows(scratch.q.data());
   } else {
     pack_transposed(rows, dk, q_row, q.dim_stride, scale, rows_pad, scratch.q.data());
   }
@@ -652,7 +682,7 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
     item_first = std::min(item_end, item_first + split * chunk);
     item_end = std::min(item_end, item_first + chunk);
   }
-  if constexpr (kAmxProducts) {
+  if constexpr (kTileProducts) {
     if (shape.amx_tiles) configure_amx_tiles();
   }
   using Element = typename Source::Element;
@@ -777,12 +807,13 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
     const Index packet_end = (row_end + kPacketSize - 1) / kPacketSize;
 
     // The next tile's rows are requested while this one is computed (see LinePrefetcher); rows
-    // with a dim stride are scattered, and no line list describes them. The AMX products take
-    // no requests as they go; a burst of a tile's requests at its end held 8% of their samples
-    // and gained nothing, as packing the next tile streams its rows in order anyway.
+    // with a dim stride are scattered, and no line list describes them. The AMX products of bf16
+    // operands take no requests; a burst of a tile's requests at its end held 8% of their
+    // samples and gained nothing, as packing the next tile streams its rows in order anyway.
+    // Those of f32 operands take them block by block: their packing waited on the rows.
     LinePrefetcher* prefetcher = nullptr;
     if (tile.next_count > 0 && source.k_dim_stride() == 1 && source.v_dim_stride() == 1 &&
-        !shape.amx_tiles) {
+        (!shape.amx_tiles || kSplitProducts)) {
       scratch.prefetcher.clear();
       scratch.prefetcher.add_rows(tile.k + tile.count, tile.v + tile.count, tile.next_count,
                                   dk * Index{sizeof(Element)}, dv * Index{sizeof(Element)});
@@ -829,18 +860,34 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
         continue;
       }
     }
-    if constexpr (kAmxProducts) {
+    if constexpr (kTileProducts) {
       if (shape.amx_tiles) {
         // Row packets are the AMX row blocks (16 rows; see amx_tile_kernel.hpp).
-        // S = Q.K^T in row-major f32, then scaled; the row-major online softmax per 16 rows; P
-        // rounded to bf16 rows; O = diag(rescale) O + P.V. Keys past the tile's last are zero in
-        // K^T and V (and masked in S).
-        const auto k_bits = [&](Index c) { return tile.k[c]; };
-        pack_query_pairs(tile.count, dk, k_bits, 1, kKeyTile, scratch.k_pairs.data());
-        amx_scores<kKeyTile>(scratch.q_pairs.data(), dk, scratch.k_pairs.data(), packet_first,
-                             packet_end, scores);
+        // S = Q.K^T in row-major f32, scaled; the row-major online softmax per 16 rows; P as bf16
+        // rows; O = diag(rescale) O + P.V. Keys past the tile's last are zero in K^T and V (and
+        // masked in S). f32 operands go in three bf16 parts each (amx_split_kernel.hpp).
         const Index first = packet_first * kPacketSize, end = packet_end * kPacketSize;
-        Eigen::Map<Eigen::ArrayXf>(scores + first * kKeyTile, (end - first) * kKeyTile) *= scale;
+        Bf16Bits* const k_pairs = scratch.k_pairs.data();
+        Bf16Bits* const p_pairs = scratch.p_pairs.data();
+        Bf16Bits* const v_pairs = scratch.v_pairs.data();
+        const Bf16Bits* const q_pairs = scratch.q_pairs.data();
+        if constexpr (kSplitProducts) {
+          if (prefetcher != nullptr) {
+            prefetcher->spread_over(
+                LinePrefetcher::kDepthPerStep *
+                (amx_split_blocks(packet_first, packet_end, kKeyTile) +
+                 amx_split_blocks(packet_first, packet_end, dv)));
+          }
+          pack_split_key_pairs<kKeyTile>(tile.k, tile.count, dk, k_pairs, kKeyTile * dk);
+          amx_split_product(q_pairs, rows_pad * dk, dk, k_pairs, kKeyTile * dk, 2 * kKeyTile, dk,
+                            kKeyTile, packet_first, packet_end, scores, kKeyTile, false,
+                            prefetcher);
+        } else {
+          const auto k_bits = [&](Index c) { return tile.k[c]; };
+          pack_query_pairs(tile.count, dk, k_bits, 1, kKeyTile, k_pairs);
+          amx_scores<kKeyTile>(q_pairs, dk, k_pairs, packet_first, packet_end, scores);
+          Eigen::Map<Eigen::ArrayXf>(scores + first * kKeyTile, (end - first) * kKeyTile) *= scale;
+        }
         if (options.softcap > 0.0f) {
           apply_softcap(scores + first * kKeyTile, (end - first) * kKeyTile);
         }
@@ -851,13 +898,27 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
           online_softmax_update(kPacketSize, scores + r0 * kKeyTile, scratch.row_max.data() + r0,
                                 scratch.row_sum.data() + r0, scratch.rescale.data() + r0);
         }
-        pack_probability_rows<kKeyTile>(scores, first, end, scratch.p_pairs.data());
+        // The keys past the last one any row sees have zero probabilities: the P.V depth stops
+        // there, in whole depth steps of the tiles.
         const Index depth = std::min(k1, keys.end(position(row_end - 1))) - k0;
-        Bf16Bits* v_pairs = scratch.v_pairs.data();
-        pack_value_pairs(tile.v, depth, dv, v_pairs);
-        std::fill(v_pairs + (depth + 1) / 2 * 2 * dv, v_pairs + kKeyTile * dv, Bf16Bits{0});
-        amx_output<kKeyTile>(scratch.p_pairs.data(), v_pairs, dv, packet_first, packet_end,
-                             scratch.rescale.data(), scratch.o.data(), dv_pad);
+        if constexpr (kSplitProducts) {
+          const Index steps = (depth + kAmxDepth - 1) / kAmxDepth * kAmxDepth;
+          pack_split_rows(scores, kKeyTile, first, end, steps, p_pairs, kKeyTile,
+                          rows_pad * kKeyTile);
+          pack_split_value_pairs(tile.v, std::min(depth, tile.count), steps, dv, v_pairs,
+                                 kKeyTile * dv);
+          rescale_rows(scratch.rescale.data(), first, end, dv, scratch.o.data(), dv_pad);
+          amx_split_product(p_pairs, rows_pad * kKeyTile, kKeyTile, v_pairs, kKeyTile * dv,
+                            2 * dv, steps, dv, packet_first, packet_end, scratch.o.data(), dv_pad,
+                            true, prefetcher);
+          if (prefetcher != nullptr) prefetcher->finish();
+        } else {
+          pack_probability_rows<kKeyTile>(scores, first, end, p_pairs);
+          pack_value_pairs(tile.v, depth, dv, v_pairs);
+          std::fill(v_pairs + (depth + 1) / 2 * 2 * dv, v_pairs + kKeyTile * dv, Bf16Bits{0});
+          amx_output<kKeyTile>(p_pairs, v_pairs, dv, packet_first, packet_end,
+                               scratch.rescale.data(), scratch.o.data(), dv_pad);
+        }
         continue;
       }
     }
@@ -939,7 +1000,7 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
     if (prefetcher != nullptr) prefetcher->finish();
   }
 
-  if constexpr (kAmxProducts) {
+  if constexpr (kTileProducts) {
     if (shape.amx_tiles) release_amx_tiles();
   }
   // O / l and LSE = m + log l; a row without visible keys (l = 0) gives zeros and -inf. The bf16
@@ -1148,13 +1209,19 @@ TileShape validate_attend(const TensorView<const QT>& q, const Source& kv,
   shape.streamed = shape.rows_per_item <= kTileRows && shape.head_dim_k % kPacketSize == 0 &&
                    shape.head_dim_v % kPacketSize == 0 && kv.k_dim_stride() == 1 &&
                    kv.v_dim_stride() == 1;
-  // The AMX products need bf16 rows read in place and dims of whole tiles (32 bf16 of depth, two
-  // 16-column accumulators of dv).
-  shape.amx_tiles = use_amx_tiles() && std::is_same_v<QT, Eigen::bfloat16> &&
-                    std::is_same_v<typename Source::Element, Eigen::bfloat16> && !shape.streamed &&
-                    !shape.rerope && shape.head_dim_k % kAmxDepth == 0 &&
-                    shape.head_dim_v % (2 * kAmxRows) == 0 && kv.k_dim_stride() == 1 &&
-                    kv.v_dim_stride() == 1;
+  // The AMX products need bf16 or f32 rows read in place and dims of whole tiles (32 bf16 of
+  // depth, two 16-column accumulators of dv).
+  constexpr bool kBf16Operands = std::is_same_v<QT, Eigen::bfloat16> &&
+                                 std::is_same_v<typename Source::Element, Eigen::bfloat16>;
+  constexpr bool kF32Operands =
+      std::is_same_v<QT, float> && std::is_same_v<typename Source::Element, float>;
+  const bool amx_products = kBf16Operands ? use_amx_tiles()
+                            : kF32Operands ? use_amx_split_products(shape.rows_per_item)
+                                           : false;
+  shape.amx_tiles = amx_products && !shape.streamed && !shape.rerope &&
+                    shape.head_dim_k % kAmxDepth == 0 && shape.head_dim_v % (2 * kAmxRows) == 0 &&
+                    kv.k_dim_stride() == 1 && kv.v_dim_stride() == 1;
+  shape.amx_parts = !shape.amx_tiles ? 0 : kF32Operands ? kSplitParts : 1;
   // The pair products need bf16 rows read in place and dims of whole pair vectors.
   shape.bf16_pairs = !shape.amx_tiles && use_bf16_pair_products() &&
                      std::is_same_v<QT, Eigen::bfloat16> &&

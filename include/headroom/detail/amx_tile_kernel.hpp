@@ -177,6 +177,21 @@ void amx_scores(const Bf16Bits* q, Index dk, const Bf16Bits* k_t, Index block_fi
   }
 }
 
+/// Multiplies the first dv columns of rows [row_first, row_end) of O (row r at o + r * o_stride)
+/// by rescale[r], skipping the rows whose factor is exactly 1 (most, once the running maxima
+/// settle); dv % 16 == 0.
+inline void rescale_rows(const float* rescale, Index row_first, Index row_end, Index dv, float* o,
+                         Index o_stride) {
+  for (Index r = row_first; r < row_end; ++r) {
+    if (rescale[r] == 1.0f) continue;
+    const __m512 factor = _mm512_set1_ps(rescale[r]);
+    float* row = o + r * o_stride;
+    for (Index d = 0; d < dv; d += kPairLanes) {
+      _mm512_storeu_ps(row + d, _mm512_mul_ps(_mm512_loadu_ps(row + d), factor));
+    }
+  }
+}
+
 /// Computes O = diag(rescale) O + P.V for the row blocks [block_first, block_end) of 16 rows.
 ///   p: [rows_pad, kKeys] bf16 probabilities; v_pairs: V in key pairs, [kKeys / 2, dv, 2]
 ///   (pack_value_pairs, zero past the tile's keys); o: [rows_pad, o_stride] f32; dv % 32 == 0.
@@ -187,14 +202,7 @@ template <Index kKeys>
 void amx_output(const Bf16Bits* p, const Bf16Bits* v_pairs, Index dv, Index block_first,
                 Index block_end, const float* rescale, float* o, Index o_stride) {
   static_assert(kKeys == 2 * kAmxDepth, "a tile's keys are two A tiles deep");
-  for (Index r = block_first * kAmxRows; r < block_end * kAmxRows; ++r) {
-    if (rescale[r] == 1.0f) continue;
-    const __m512 factor = _mm512_set1_ps(rescale[r]);
-    float* row = o + r * o_stride;
-    for (Index d = 0; d < dv; d += kPairLanes) {
-      _mm512_storeu_ps(row + d, _mm512_mul_ps(_mm512_loadu_ps(row + d), factor));
-    }
-  }
+  rescale_rows(rescale, block_first * kAmxRows, block_end * kAmxRows, dv, o, o_stride);
   constexpr Index kPStride = kKeys * Index{sizeof(Bf16Bits)};
   const Index v_stride = 2 * dv * Index{sizeof(Bf16Bits)};  // one key pair row of V
   const Index o_bytes = o_stride * Index{sizeof(float)};
@@ -252,6 +260,8 @@ void amx_output(const Bf16Bits* p, const Bf16Bits* v_pairs, Index dv, Index bloc
                 Index block_end, const float* rescale, float* o, Index o_stride);
 template <Index kKeys>
 void pack_probability_rows(const float* p, Index row_first, Index row_end, Bf16Bits* out);
+void rescale_rows(const float* rescale, Index row_first, Index row_end, Index dv, float* o,
+                  Index o_stride);
 
 #endif  // HEADROOM_HAS_AMX
 
