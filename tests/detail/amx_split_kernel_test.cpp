@@ -32,8 +32,13 @@ TEST(AmxSplitKernelTest, PartsAreBf16ValuesThatSumToTheInputExactly) {
   std::mt19937 rng(41);
   std::uniform_real_distribution<float> mantissa(1.0f, 2.0f);
   std::uniform_int_distribution<int> exponent(-100, 127);
-  std::vector<float> values = {std::numeric_limits<float>::max(), -std::numeric_limits<float>::max(),
-                               1.0f, -0.0f, 0.0f, 1.0f + 0x1p-23f, 3.0f - 0x1p-22f};
+  std::vector<float> values = {std::numeric_limits<float>::max(),
+                               -std::numeric_limits<float>::max(),
+                               1.0f,
+                               -0.0f,
+                               0.0f,
+                               1.0f + 0x1p-23f,
+                               3.0f - 0x1p-22f};
   while (values.size() % 16 != 0 || values.size() < 4096) {
     values.push_back((rng() % 2 == 0 ? 1.0f : -1.0f) * std::ldexp(mantissa(rng), exponent(rng)));
   }

@@ -647,20 +647,16 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
       }
     }
   };
-  bool q_packed = false;
-  if constexpr (kSplitProducts) {
-    if (shape.amx_tiles) {
+  if (shape.amx_tiles) {
+    if constexpr (kSplitProducts) {
       // Scaled before the split, as the FMA path scales Q: the scores come out scaled.
       scale_query_rows(scratch.q.data());
       std::fill(scratch.q.begin() + rows * dk, scratch.q.begin() + rows_pad * dk, 0.0f);
       pack_split_rows(scratch.q.data(), dk, 0, rows_pad, dk, scratch.q_pairs.data(), dk,
                       rows_pad * dk);
-      q_packed = true;
+    } else {
+      pack_query_rows(rows, dk, q_row, q.dim_stride, rows_pad, scratch.q_pairs.data());
     }
-  }
-  if (q_packed) {
-  } else if (shape.amx_tiles) {
-    pack_query_rows(rows, dk, q_row, q.dim_stride, rows_pad, scratch.q_pairs.data());
   } else if (shape.bf16_pairs) {
     pack_query_pairs(rows, dk, q_row, q.dim_stride, rows_pad, scratch.q_pairs.data());
   } else if (rerope != nullptr) {
@@ -1296,6 +1292,12 @@ void attend_dense(const TensorView<const QT>& q, const TensorView<const T>& k,
 ///
 /// q_len == 0 does nothing; a row that sees no key gets zeros and LSE = -inf. Results are
 /// bit-identical for every thread count.
+///
+/// On processors with AMX (Intel Xeons since Sapphire Rapids), key-major tiles of work items of
+/// at least 128 rows (prefill; decode of wide groups, as absorbed MLA) multiply f32 keys and
+/// values on AMX tiles: each value is split into three bf16 parts and six part products stand
+/// for one f32 product, as exact as f32 FMAs (detail/amx_split_kernel.hpp). GQA prefill at S =
+/// 2048 ran 1.3 times as fast as on the FMA micro-kernels there.
 /// \tparam Source a KV source: DenseKv, or a view of a KvCache or PagedKvCache.
 template <class Source, std::enable_if_t<detail::IsKvSource<Source>::value, int> = 0>
 void attend(TensorView<const float> q, const Source& kv, TensorView<float> out,
@@ -1311,12 +1313,6 @@ void attend(TensorView<const float> q, const Source& kv, TensorView<float> out,
 /// three times the f32 rate), else bf16 pairs with AVX512_BF16 on AMD processors (about twice),
 /// and convert to f32 otherwise. The AMX and pair products round the probabilities to bf16 for
 /// P.V; every path accumulates in f32.
-///
-/// f32 queries, keys and values (the overload above) take AMX tiles too where the processor has
-/// them, for work items of at least kMinSplitRows rows (prefill, and decode of wide groups such as
-/// absorbed MLA): each value is split into three bf16 parts and six part products stand for one
-/// f32 product, as exact as f32 FMAs (detail/amx_split_kernel.hpp); GQA prefill at S = 2048 ran 1.3 times
-/// as fast as on the FMA micro-kernels, on a Sapphire Rapids-class Xeon.
 template <class Source, std::enable_if_t<detail::IsKvSource<Source>::value, int> = 0>
 void attend(TensorView<const Eigen::bfloat16> q, const Source& kv, TensorView<float> out,
             const AttentionOptions& options = {}) {

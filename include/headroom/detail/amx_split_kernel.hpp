@@ -207,8 +207,9 @@ EIGEN_ALWAYS_INLINE void split_depth_step(const Bf16Bits* a, Index a_part, Index
 /// Two row blocks by two column blocks of accumulators at a time (tiles 0-3), their A (4, 5) and
 /// B (6, 7) operands each serving two products; 24 products deep per depth step, so the
 /// accumulators' latency hides behind one another. Columns outermost: the B parts of 32 columns
-/// (a tile's K or V parts are 48 KiB, all of L1) stay in L1 while every row block uses them. Each block of accumulators takes one step of
-/// `prefetcher`'s requests (if given; see amx_split_blocks).
+/// (a tile's K or V parts are 48 KiB, all of L1) stay in L1 while every row block uses them.
+/// Each block of accumulators takes one step of `prefetcher`'s requests (if given; see
+/// amx_split_blocks).
 inline void amx_split_product(const Bf16Bits* a, Index a_part, Index a_stride, const Bf16Bits* b,
                               Index b_part, Index b_stride, Index depth, Index cols,
                               Index block_first, Index block_end, float* c, Index c_stride,
