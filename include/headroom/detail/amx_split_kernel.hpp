@@ -123,15 +123,8 @@ template <Index kKeys>
 void pack_split_key_pairs(const float* const* k, Index count, Index dk, Bf16Bits* out,
                           Index part_stride) {
   static_assert(kKeys % kPairLanes == 0, "keys come in blocks of 16");
-  using namespace Eigen::internal;
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wignored-attributes"
-#endif
-  using Block = PacketBlock<Packet16f, kPairLanes>;
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
+  using namespace Eigen::internal;  // ptranspose
+  using Block = PacketBlock16;
   for (Index c0 = 0; c0 < kKeys; c0 += kPairLanes) {
     const Index keys = std::clamp<Index>(count - c0, 0, kPairLanes);
     for (Index d0 = 0; d0 < dk; d0 += kPairLanes) {

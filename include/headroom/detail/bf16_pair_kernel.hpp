@@ -93,6 +93,19 @@ using Bf16Bits = std::uint16_t;
 /// Pairs per vector: 16 lanes of two bf16 each.
 inline constexpr int kPairLanes = 16;
 
+#if HEADROOM_HAS_BF16_DOT
+// PacketBlock<Packet16f> drops the vector type's alignment attribute, harmlessly: it is a local.
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
+/// 16 vectors of 16 floats, as Eigen's register transpose (ptranspose) takes them.
+using PacketBlock16 = Eigen::internal::PacketBlock<Eigen::internal::Packet16f, kPairLanes>;
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
 /// Writes Q^T in pairs along the head dim: out[(d / 2) * 2 * rows_pad + 2 r + d % 2] = the bits
 /// of q_r[d] as bf16 (row r at row(r), elements dim_stride apart), zero for rows in [rows, rows_pad).
 /// Each pair is one 32-bit element of a transpose: contiguous bf16 rows go 16 x 16 pairs at a
@@ -107,15 +120,7 @@ void pack_query_pairs(Index rows, Index dk, const RowAt& row, Index dim_stride, 
   if constexpr (std::is_same_v<QT, Eigen::bfloat16>) {
     if (dim_stride == 1 && dk % (2 * kPairLanes) == 0) full = rows / kPairLanes * kPairLanes;
     using namespace Eigen::internal;
-// PacketBlock<Packet16f> drops the vector type's alignment attribute, harmlessly: it is a local.
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wignored-attributes"
-#endif
-    using Block = PacketBlock<Packet16f, kPairLanes>;
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
+    using Block = PacketBlock16;
     for (Index r0 = 0; r0 < full; r0 += kPairLanes) {
       for (Index d0 = 0; d0 < dk; d0 += 2 * kPairLanes) {
         Block block;
