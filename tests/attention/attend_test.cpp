@@ -137,7 +137,7 @@ INSTANTIATE_TEST_SUITE_P(Products, AttendTest,
                          });
 
 /// Sizes around the tile boundaries of the kernel (64 keys per tile, 6 rows per register block,
-/// 128 rows per work item).
+/// 512 rows per work item).
 constexpr Index kAwkwardLengths[] = {1, 2, 5, 6, 7, 63, 64, 65, 127, 129, 200};
 
 TEST_P(AttendTest, MatchesReferenceOverRandomShapes) {

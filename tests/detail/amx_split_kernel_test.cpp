@@ -59,6 +59,30 @@ TEST(AmxSplitKernelTest, PartsAreBf16ValuesThatSumToTheInputExactly) {
       EXPECT_LE(std::abs(static_cast<double>(lo[j])), 0x1p-16 * std::abs(static_cast<double>(x)));
     }
   }
+  // Down to the subnormals: every part still has a zero lower half (else a pair unit's odd value
+  // would spill into its even neighbour), and what the flush loses is below 2^-126.
+  std::vector<float> tiny;
+  std::uniform_int_distribution<int> tiny_exponent(-149, -100);
+  while (tiny.size() < 4096) {
+    tiny.push_back((rng() % 2 == 0 ? 1.0f : -1.0f) * std::ldexp(mantissa(rng), tiny_exponent(rng)));
+  }
+  tiny[0] = 0x1p-112f + 0x1p-135f;
+  tiny[1] = std::numeric_limits<float>::denorm_min();
+  for (size_t i = 0; i < tiny.size(); i += 16) {
+    const SplitPacket parts = split_bf16x3(_mm512_loadu_ps(tiny.data() + i));
+    alignas(64) float hi[16], mid[16], lo[16];
+    _mm512_store_ps(hi, parts.hi);
+    _mm512_store_ps(mid, parts.mid);
+    _mm512_store_ps(lo, parts.lo);
+    for (int j = 0; j < 16; ++j) {
+      const float x = tiny[i + j];
+      EXPECT_EQ(bits_of(hi[j]) & 0xFFFFu, 0u) << x;
+      EXPECT_EQ(bits_of(mid[j]) & 0xFFFFu, 0u) << x;
+      EXPECT_EQ(bits_of(lo[j]) & 0xFFFFu, 0u) << x;
+      const double sum = static_cast<double>(hi[j]) + mid[j] + lo[j];
+      EXPECT_LE(std::abs(sum - static_cast<double>(x)), 0x1p-126) << x;
+    }
+  }
 }
 
 /// Largest |C - exact| over the elements, relative to sum |a_i b_i| of each element's terms.

@@ -599,8 +599,8 @@ TEST(ReRopeAttendTest, MatchesThePublishedMethodOverRandomShapes) {
 }
 
 TEST(ReRopeAttendTest, LongPrefillAcrossManyKeyTilesAndWorkItems) {
-  // 600 positions: ten 64-key tiles, and work items of 256 rows (three per sequence and head for
-  // MHA, ten for a group of 4).
+  // 600 positions: ten 64-key tiles, and work items of 512 rows (two per sequence and head for
+  // MHA, five for a group of 4).
   std::mt19937 rng(17);
   Case plain;
   plain.q_len = plain.kv_len = 600;

@@ -40,7 +40,8 @@ namespace detail {
 /// tile, while every row block accumulates P.V).
 inline constexpr Index kKeyTile = 64;
 /// Query rows per work item (query positions x heads of the group): enough rows to amortise
-/// packing each K/V tile once per group, few enough that the rows' Q and O stay in L2. Measured
+/// packing each K/V tile once per group, few enough that the rows' Q and O stay in L2 at head
+/// dim 128 (not at MLA's absorbed 576 / 512, which no prefill uses). Measured
 /// here: the AMX split products of f32 prefill ran 7% faster with 512 rows than with 256 (their
 /// K and V parts cost three packings a tile), the FMA products the same.
 inline constexpr Index kTargetRows = 512;
@@ -117,7 +118,8 @@ struct TileShape {
 /// items keep rows row-major; key-major items keep Q transposed and scores key-major.
 struct TileScratch {
   using Buffer = std::vector<float, Eigen::aligned_allocator<float>>;
-  Buffer q;          // streamed [rows, head_dim_k], else [head_dim_k, rows_padded]; times the scale
+  Buffer q;          // streamed and AMX split [rows, head_dim_k], else [head_dim_k, rows_padded];
+                     // times the scale
   Buffer k;          // [kKeyTile, head_dim_k] K rows converted to f32, when not read in place
   Buffer v;          // [kKeyTile, padded_rows(head_dim_v)], zero past the last key and head_dim_v
   Buffer o;          // [rows_padded, head_dim_v_padded], unnormalised output accumulator
@@ -137,8 +139,8 @@ struct TileScratch {
   PairBuffer p_pairs;  // [kKeyTile / 2, rows_padded, 2]: P^T in pairs of keys
   PairBuffer v_pairs;  // [kKeyTile / 2, head_dim_v, 2]: V in pairs of keys
   // AMX tiles only (TileShape::amx_tiles), each buffer once per part (amx_parts): q_pairs holds Q
-  // as bf16 rows [rows_padded, head_dim_k], p_pairs P as bf16 rows [rows_padded, kKeyTile];
-  // v_pairs as above.
+  // as bf16 rows [rows_padded, head_dim_k] (bf16: unscaled; the parts of f32: of the scaled q),
+  // p_pairs P as bf16 rows [rows_padded, kKeyTile]; v_pairs as above.
   PairBuffer k_pairs;  // [head_dim_k / 2, kKeyTile, 2]: K^T in pairs along dk
   LinePrefetcher prefetcher;  // the next tile's rows, requested while this one is computed
 
@@ -1296,8 +1298,8 @@ void attend_dense(const TensorView<const QT>& q, const TensorView<const T>& k,
 /// On processors with AMX (Intel Xeons since Sapphire Rapids), key-major tiles of work items of
 /// at least 128 rows (prefill; decode of wide groups, as absorbed MLA) multiply f32 keys and
 /// values on AMX tiles: each value is split into three bf16 parts and six part products stand
-/// for one f32 product, as exact as f32 FMAs (detail/amx_split_kernel.hpp). GQA prefill at S =
-/// 2048 ran 1.3 times as fast as on the FMA micro-kernels there.
+/// for one f32 product, within a few f32 roundings (detail/amx_split_kernel.hpp). GQA prefill at
+/// S = 2048 ran 1.3 times as fast as on the FMA micro-kernels there.
 /// \tparam Source a KV source: DenseKv, or a view of a KvCache or PagedKvCache.
 template <class Source, std::enable_if_t<detail::IsKvSource<Source>::value, int> = 0>
 void attend(TensorView<const float> q, const Source& kv, TensorView<float> out,

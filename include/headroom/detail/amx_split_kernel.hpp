@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The products of a key-major tile for f32 queries, keys and values on AMX tiles, as exact as f32
-// FMAs. Each f32 value is split into three bf16 parts, x = hi + mid + lo exactly:
+// The products of a key-major tile for f32 queries, keys and values on AMX tiles, within a small
+// factor of f32 FMAs' rounding. Each f32 value is split into three bf16 parts, x = hi + mid + lo
+// exactly (for |x| >= 2^-110, where every part is a normal number):
 //   hi  = x with its lower 16 bits cleared (the top 8 significant bits, truncated, so no value of
 //         the f32 range rounds past it),
 //   mid = x - hi rounded to bf16 (the next 8 bits),
@@ -10,9 +11,11 @@
 // ("bf16x6": Henry, Tang and Heinecke, "Leveraging the bfloat16 Artificial Intelligence Datatype
 // For Higher-Precision Computations", ARITH 2019, Section III). Each product of two bf16 parts is
 // exact in f32, and tdpbf16ps accumulates in f32. The three dropped products, mid.lo + lo.mid +
-// lo.lo, weigh below 2^-7 * 2^-16 * 2 + 2^-32 < 2^-21.9 of |a_i b_i| per term: within a few f32
-// roundings, where f32 FMAs round each term to 2^-24. (bf16 flushes values below 2^-126 to zero,
-// as AMX does: parts that small move a score by less than 2^-126.)
+// lo.lo, weigh below 2^-7 * 2^-16 * 2 + 2^-32, about 2^-22, of |a_i b_i| per term, and each term
+// enters the f32 accumulator six times: a few f32 roundings, where f32 FMAs round each term once,
+// to 2^-24. (A round-to-nearest hi would leave 2^-24 per term, but could round the largest finite
+// values to inf.) AMX and the conversions flush parts below 2^-126 to zero: a flushed part p of
+// a_i moves the term by |p b_i| < 2^-126 |b_i|.
 //
 // The six products run at 1024 bf16 FLOPs a cycle, six times over: about 2.6 times the f32 FMA
 // rate of the same core. The layouts are those of amx_tile_kernel.hpp, one copy per part:
@@ -64,7 +67,8 @@ inline bool use_amx_split_products(Index rows) {
 
 #if HEADROOM_HAS_AMX
 
-/// The three parts of 16 f32 values, each exactly a bf16 value held as an f32 (lower 16 bits 0).
+/// The three parts of 16 f32 values, each a bf16 value held as an f32 (lower 16 bits 0): the pair
+/// units of join_pairs rely on it.
 struct SplitPacket {
   __m512 hi, mid, lo;
 };
@@ -76,7 +80,10 @@ EIGEN_ALWAYS_INLINE SplitPacket split_bf16x3(__m512 x) {
   const __m512 rest = _mm512_sub_ps(x, hi);
   const __m256i mid_bits = (__m256i)_mm512_cvtneps_pbh(rest);
   const __m512 mid = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(mid_bits), 16));
-  return {hi, mid, _mm512_sub_ps(rest, mid)};
+  // Below 2^-110 the rest can be subnormal, which the conversion takes as zero: lo is then the
+  // whole rest, with bits in its lower half that are not bf16's. They go (flushed, as AMX would).
+  const __m512i lo = _mm512_and_si512(_mm512_castps_si512(_mm512_sub_ps(rest, mid)), upper);
+  return {hi, mid, _mm512_castsi512_ps(lo)};
 }
 
 /// Joins two bf16 values held as f32 into pair units: `even` in the lower half of each 32 bits,
@@ -199,8 +206,9 @@ EIGEN_ALWAYS_INLINE void split_depth_step(const Bf16Bits* a, Index a_part, Index
 ///   c: f32, row r at c + r * c_stride; accumulate false: C = A.B, true: C += A.B.
 /// Two row blocks by two column blocks of accumulators at a time (tiles 0-3), their A (4, 5) and
 /// B (6, 7) operands each serving two products; 24 products deep per depth step, so the
-/// accumulators' latency hides behind one another. Columns outermost: the B parts of 32 columns
-/// (a tile's K or V parts are 48 KiB, all of L1) stay in L1 while every row block uses them.
+/// accumulators' latency hides behind one another (12 for a last row block alone). Columns
+/// outermost: the B parts of 32 columns (a tile's K or V parts are 48 KiB at head dim 128, all of
+/// L1) stay in L1 while every row block uses them.
 /// Each block of accumulators takes one step of `prefetcher`'s requests (if given; see
 /// amx_split_blocks).
 inline void amx_split_product(const Bf16Bits* a, Index a_part, Index a_stride, const Bf16Bits* b,
