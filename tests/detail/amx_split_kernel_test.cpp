@@ -26,22 +26,20 @@ std::uint32_t bits_of(float x) {
   return u;
 }
 
-TEST(AmxSplitKernelTest, PartsAreBf16ValuesThatSumToTheInputExactly) {
-  // Values over the whole normal f32 range, both signs, the largest finite value included: the
-  // truncated hi part never rounds past it.
-  std::mt19937 rng(41);
+/// Appends random values of both signs with exponents in [first, last] until `values` holds 4096.
+void add_random_values(int first, int last, std::mt19937& rng, std::vector<float>& values) {
   std::uniform_real_distribution<float> mantissa(1.0f, 2.0f);
-  std::uniform_int_distribution<int> exponent(-100, 127);
-  std::vector<float> values = {std::numeric_limits<float>::max(),
-                               -std::numeric_limits<float>::max(),
-                               1.0f,
-                               -0.0f,
-                               0.0f,
-                               1.0f + 0x1p-23f,
-                               3.0f - 0x1p-22f};
-  while (values.size() % 16 != 0 || values.size() < 4096) {
+  std::uniform_int_distribution<int> exponent(first, last);
+  while (values.size() < 4096) {
     values.push_back((rng() % 2 == 0 ? 1.0f : -1.0f) * std::ldexp(mantissa(rng), exponent(rng)));
   }
+}
+
+/// Splits `values` (a multiple of 16) and checks that every part has a zero lower half (else a
+/// pair unit's odd value would spill into its even neighbour); then check(x, hi, mid, lo).
+template <class Check>
+void check_splits(const std::vector<float>& values, const Check& check) {
+  ASSERT_EQ(values.size() % 16, 0u);
   for (size_t i = 0; i < values.size(); i += 16) {
     const SplitPacket parts = split_bf16x3(_mm512_loadu_ps(values.data() + i));
     alignas(64) float hi[16], mid[16], lo[16];
@@ -53,36 +51,36 @@ TEST(AmxSplitKernelTest, PartsAreBf16ValuesThatSumToTheInputExactly) {
       EXPECT_EQ(bits_of(hi[j]) & 0xFFFFu, 0u) << x;
       EXPECT_EQ(bits_of(mid[j]) & 0xFFFFu, 0u) << x;
       EXPECT_EQ(bits_of(lo[j]) & 0xFFFFu, 0u) << x;
-      const double sum = static_cast<double>(hi[j]) + mid[j] + lo[j];
-      EXPECT_EQ(sum, static_cast<double>(x)) << x;
-      // hi keeps 8 significant bits, mid the next 8: what is left weighs at most 2^-16 of x.
-      EXPECT_LE(std::abs(static_cast<double>(lo[j])), 0x1p-16 * std::abs(static_cast<double>(x)));
+      check(x, hi[j], mid[j], lo[j]);
     }
   }
-  // Down to the subnormals: every part still has a zero lower half (else a pair unit's odd value
-  // would spill into its even neighbour), and what the flush loses is below 2^-126.
-  std::vector<float> tiny;
-  std::uniform_int_distribution<int> tiny_exponent(-149, -100);
-  while (tiny.size() < 4096) {
-    tiny.push_back((rng() % 2 == 0 ? 1.0f : -1.0f) * std::ldexp(mantissa(rng), tiny_exponent(rng)));
-  }
-  tiny[0] = 0x1p-112f + 0x1p-135f;
-  tiny[1] = std::numeric_limits<float>::denorm_min();
-  for (size_t i = 0; i < tiny.size(); i += 16) {
-    const SplitPacket parts = split_bf16x3(_mm512_loadu_ps(tiny.data() + i));
-    alignas(64) float hi[16], mid[16], lo[16];
-    _mm512_store_ps(hi, parts.hi);
-    _mm512_store_ps(mid, parts.mid);
-    _mm512_store_ps(lo, parts.lo);
-    for (int j = 0; j < 16; ++j) {
-      const float x = tiny[i + j];
-      EXPECT_EQ(bits_of(hi[j]) & 0xFFFFu, 0u) << x;
-      EXPECT_EQ(bits_of(mid[j]) & 0xFFFFu, 0u) << x;
-      EXPECT_EQ(bits_of(lo[j]) & 0xFFFFu, 0u) << x;
-      const double sum = static_cast<double>(hi[j]) + mid[j] + lo[j];
-      EXPECT_LE(std::abs(sum - static_cast<double>(x)), 0x1p-126) << x;
-    }
-  }
+}
+
+TEST(AmxSplitKernelTest, PartsAreBf16ValuesThatSumToTheInputExactly) {
+  // Values over the whole normal f32 range, both signs, the largest finite value included: the
+  // truncated hi part never rounds past it.
+  std::mt19937 rng(41);
+  std::vector<float> values = {std::numeric_limits<float>::max(),
+                               -std::numeric_limits<float>::max(),
+                               1.0f,
+                               -0.0f,
+                               0.0f,
+                               1.0f + 0x1p-23f,
+                               3.0f - 0x1p-22f};
+  add_random_values(-100, 127, rng, values);
+  check_splits(values, [](float x, float hi, float mid, float lo) {
+    const double sum = static_cast<double>(hi) + mid + lo;
+    EXPECT_EQ(sum, static_cast<double>(x)) << x;
+    // hi keeps 8 significant bits, mid the next 8: what is left weighs at most 2^-16 of x.
+    EXPECT_LE(std::abs(static_cast<double>(lo)), 0x1p-16 * std::abs(static_cast<double>(x)));
+  });
+  // Down to the subnormals: the parts stay bf16 values, and what the flush loses is below 2^-126.
+  std::vector<float> tiny = {0x1p-112f + 0x1p-135f, std::numeric_limits<float>::denorm_min()};
+  add_random_values(-149, -100, rng, tiny);
+  check_splits(tiny, [](float x, float hi, float mid, float lo) {
+    const double sum = static_cast<double>(hi) + mid + lo;
+    EXPECT_LE(std::abs(sum - static_cast<double>(x)), 0x1p-126) << x;
+  });
 }
 
 /// Largest |C - exact| over the elements, relative to sum |a_i b_i| of each element's terms.
