@@ -746,12 +746,14 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
       const auto [block_first, block_end] = block_keys(0, block_rows);
       if (block_first >= block_end) continue;
       float* scores = scratch.scores.data();
-      // `ahead`: the source rows to request meanwhile (null when already requested).
+      // `ahead`: the source rows to request meanwhile (null when already requested); with them,
+      // this tile's V rows are requested into L2 (see kFarLocality).
       const auto scores_against = [&](const float* q_rows, const auto* k_rows, const float* k_scale,
                                       const Element* const* ahead, float* out_scores) {
         dispatch_rows(block_rows, [&](auto rows_tag) {
           dot_scores<decltype(rows_tag)::value>(q_rows, dk, k_rows, k_scale, tile.count, ahead,
-                                                out_scores, kKeyTile);
+                                                out_scores, kKeyTile, ahead ? tile.v : nullptr,
+                                                dv * static_cast<Index>(sizeof(Element)));
         });
       };
       if (rerope == nullptr) {
@@ -788,8 +790,13 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
       for (Index r = 0; r < block_rows && !unmasked; ++r) mask_row(r, scores, kKeyTile, 1);
       online_softmax_update(block_rows, scores, scratch.row_max.data(), scratch.row_sum.data(),
                             scratch.rescale.data());
-      const SourceRows<Element> v_rows{tile.v, tile.v_scale, tile.v + prefetch_distance,
-                                       dv * static_cast<Index>(sizeof(Element))};
+      // The P.V requests the next tile's K rows into L2 as it goes (see kFarLocality).
+      const SourceRows<Element> v_rows{tile.v,
+                                       tile.v_scale,
+                                       tile.v + prefetch_distance,
+                                       dv * static_cast<Index>(sizeof(Element)),
+                                       tile.k + tile.count,
+                                       dk * static_cast<Index>(sizeof(Element))};
       // Probabilities past block_end are zero: the P.V depth stops there.
       gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, Lhs{scores, kKeyTile, 1}, v_rows,
                                             block_end - k0, scratch.o.data(), dv_pad, dv,
