@@ -746,18 +746,19 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
       const auto [block_first, block_end] = block_keys(0, block_rows);
       if (block_first >= block_end) continue;
       float* scores = scratch.scores.data();
-      // `ahead`: the source rows to request meanwhile (null when already requested); with them,
-      // this tile's V rows are requested into L2 (see kFarLocality).
+      // `ahead`: the source rows to request meanwhile, and `far` the tile's V rows to request
+      // into L2 (see kFarLocality); null when an earlier product of the tile has.
       const auto scores_against = [&](const float* q_rows, const auto* k_rows, const float* k_scale,
-                                      const Element* const* ahead, float* out_scores) {
+                                      const Element* const* ahead, const Element* const* far,
+                                      float* out_scores) {
         dispatch_rows(block_rows, [&](auto rows_tag) {
           dot_scores<decltype(rows_tag)::value>(q_rows, dk, k_rows, k_scale, tile.count, ahead,
-                                                out_scores, kKeyTile, ahead ? tile.v : nullptr,
+                                                out_scores, kKeyTile, far,
                                                 dv * static_cast<Index>(sizeof(Element)));
         });
       };
       if (rerope == nullptr) {
-        scores_against(scratch.q.data(), tile.k, tile.k_scale, k_ahead, scores);
+        scores_against(scratch.q.data(), tile.k, tile.k_scale, k_ahead, tile.v, scores);
       } else {
         const bool inside = first_row_at(k1 + window - 1) > 0;
         const Index beyond_first = first_row_at(k0 + window);
@@ -767,7 +768,7 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
           rerope_keys(*rerope, true, tile, k0, dk, source.k_dim_stride(), k_ahead,
                       scratch.k.data());
           for (Index c = 0; c < tile.count; ++c) rotated[c] = scratch.k.data() + c * dk;
-          scores_against(scratch.q.data(), rotated, unit_scales(), nullptr, scores);
+          scores_against(scratch.q.data(), rotated, unit_scales(), nullptr, tile.v, scores);
         }
         if (beyond) {
           float* beyond_scores = inside ? scratch.scores_outside.data() : scores;
@@ -776,10 +777,10 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
                         inside ? nullptr : k_ahead, scratch.k_outside.data());
             for (Index c = 0; c < tile.count; ++c) rotated[c] = scratch.k_outside.data() + c * dk;
             scores_against(scratch.q_outside.data(), rotated, unit_scales(), nullptr,
-                           beyond_scores);
+                           inside ? nullptr : tile.v, beyond_scores);
           } else {
             scores_against(scratch.q_outside.data(), tile.k, tile.k_scale,
-                           inside ? nullptr : k_ahead, beyond_scores);
+                           inside ? nullptr : k_ahead, inside ? nullptr : tile.v, beyond_scores);
           }
           if (inside) {
             take_beyond_window(beyond_first, block_rows, beyond_scores, scores, kKeyTile, 1);
