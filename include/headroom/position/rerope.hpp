@@ -116,6 +116,12 @@ class LeakyAngles {
     compose(coarse_.data() + n / kFineRows * 2 * half_, fine_.data() + n % kFineRows * 2 * half_,
             cos, sin);
   }
+  /// The angles of key position n / k are the sum of two table rows, [cos (rotary_dim / 2), sin]
+  /// each: block(n / kFineRows) and in_block(n % kFineRows). The keys of one block share the
+  /// first, which a step of few queries can apply to its query rows, inverted, once per block
+  /// instead of composing it into every key.
+  const float* block(Index b) const { return coarse_.data() + b * 2 * half_; }
+  const float* in_block(Index j) const { return fine_.data() + j * 2 * half_; }
   /// Writes cos and sin of the query position n / k + w (1 - 1/k).
   void query(Index n, float* cos, float* sin) const {
     alignas(64) float key_cos[kMaxHalf], key_sin[kMaxHalf];
