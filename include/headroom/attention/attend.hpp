@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: MIT
 // headroom::attend: one FlashAttention-style tiled kernel for MHA, GQA and MQA with any Dk, Dv.
 //
-// Read top to bottom: the key interval a mask allows each query, the per-thread scratch, the
-// online-softmax update of one block of rows, the gathering and packing of a K/V tile from any KV
-// source, the ReRoPE rotations of queries and key tiles, the walk of one work item over its key
-// tiles (packed tiles for many rows, K and V streamed straight from the source for the few rows of
-// a decode step), the parallel driver with its split-KV merge, and the public entry points that
-// validate and dispatch head dims.
+// Read top to bottom: the key interval a mask allows each query, the call's shape and per-thread
+// scratch, the walk of one work item over its key tiles (packed tiles for many rows, K and V
+// streamed straight from the source for the few rows of a decode step), the parallel driver with
+// its split-KV merge, and the public entry points that validate and dispatch head dims. The steps
+// of a tile live in detail/: its rows (tile_rows.hpp), the online softmax (online_softmax.hpp),
+// the products (key_major_scores.hpp, micro_kernel.hpp for many rows, stream_kernel.hpp for few;
+// bf16_pair_kernel.hpp and amx_*.hpp where the processor has them) and ReRoPE's rotations
+// (rerope_tile.hpp).
 #pragma once
 
 #include <Eigen/Core>
@@ -27,18 +29,17 @@
 #include "headroom/detail/amx_split_kernel.hpp"
 #include "headroom/detail/amx_tile_kernel.hpp"
 #include "headroom/detail/bf16_pair_kernel.hpp"
+#include "headroom/detail/key_major_scores.hpp"
 #include "headroom/detail/micro_kernel.hpp"
+#include "headroom/detail/online_softmax.hpp"
+#include "headroom/detail/rerope_tile.hpp"
 #include "headroom/detail/stream_kernel.hpp"
-#include "headroom/detail/vector_exp.hpp"
+#include "headroom/detail/tile_rows.hpp"
 #include "headroom/position/rerope.hpp"
 
 namespace headroom {
 namespace detail {
 
-/// Keys per tile: one K tile, packed transposed, is 64 x Dk floats (32 KiB at Dk = 128), which stays
-/// in L1 while every row block of the work item computes its scores against it (and then the V
-/// tile, while every row block accumulates P.V).
-inline constexpr Index kKeyTile = 64;
 /// Query rows per work item (query positions x heads of the group): enough rows to amortise
 /// packing each K/V tile once per group, few enough that the rows' Q and O stay in L2 at head
 /// dim 128 (not at MLA's absorbed 576 / 512, which no prefill uses). Measured
@@ -52,23 +53,6 @@ inline constexpr Index kTargetRows = 512;
 inline constexpr Index kSplitBelowItems = 8;
 /// No split covers fewer keys than this: below it, merging costs more than it parallelises.
 inline constexpr Index kMinKeysPerSplit = 512;
-/// Marks a head dim that is only known at run time.
-inline constexpr int kDynamicDim = -1;
-
-inline constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-/// The stride of a tile's buffers that the products walk down (Q^T, S^T and P^T of `rows` rows;
-/// packed V of `rows` columns): `rows` floats rounded up to an odd number of cache lines. The
-/// products read one panel of such a buffer, a few lines of each of its rows, while other data
-/// streams past: at a stride of a power-of-two number of lines the panel would fall into a few
-/// sets of L1 and evict itself (1 KiB rows of Q^T keep to 16 of 64 sets). Measured here: with Q^T
-/// and S^T at 17 lines per 256 rows and V packed at 9 per row, GQA prefill ran 5-8% faster.
-inline Index padded_rows(Index rows) {
-  constexpr Index kLineFloats = 64 / sizeof(float);
-  Index lines = (rows + kLineFloats - 1) / kLineFloats;
-  if (lines % 2 == 0) ++lines;
-  return lines * kLineFloats;
-}
 
 /// The keys a query may see, as one interval [first, end) of key indices. Every mask is such an
 /// interval whose ends never decrease with the query's position, which is all the kernel needs:
@@ -171,455 +155,6 @@ struct TileScratch {
   }
 };
 
-/// Folds one block of logits into the running softmax state of its rows (DESIGN.md, "Online
-/// softmax"): m' = max(m, max s), p = exp(s - m'), l = l * exp(m - m') + sum p. Leaves p in
-/// `scores` and exp(m - m') in `rescale` for the caller's O = diag(rescale) O + p V. The rows'
-/// rescale factors share one vector exp.
-inline void online_softmax_update(Index rows, float* scores, float* row_max, float* row_sum,
-                                  float* rescale) {
-  using namespace Eigen::internal;
-  constexpr int kPackets = kKeyTile / kPacketSize;
-  static_assert(kTileRows <= kPacketSize, "the rescale factors of a row block fill one packet");
-  alignas(64) float old_max[kPacketSize] = {}, reference[kPacketSize] = {}, sums[kPacketSize];
-  for (Index r = 0; r < rows; ++r) {
-    float* s = scores + r * kKeyTile;
-    Packet block_max = pload<Packet>(s);
-    for (int p = 1; p < kPackets; ++p) block_max = pmax(block_max, pload<Packet>(s + p * kPacketSize));
-    const float new_max = std::max(row_max[r], predux_max(block_max));
-    // A row that has seen no visible key keeps m = -inf; subtracting 0 instead keeps
-    // exp(-inf - -inf) from turning its zero state into NaN.
-    reference[r] = new_max == kNegInf ? 0.0f : new_max;
-    old_max[r] = row_max[r];
-    row_max[r] = new_max;
-    // Masked logits (-inf) give exactly 0: packet_exp never returns a denormal.
-    const Packet shift = pset1<Packet>(reference[r]);
-    Packet sum = pset1<Packet>(0.0f);
-    for (int p = 0; p < kPackets; ++p) {
-      const Packet e = packet_exp(psub(pload<Packet>(s + p * kPacketSize), shift));
-      pstore(s + p * kPacketSize, e);
-      sum = padd(sum, e);
-    }
-    sums[r] = predux(sum);
-  }
-  alignas(64) float factors[kPacketSize];
-  pstore(factors, packet_exp(psub(pload<Packet>(old_max), pload<Packet>(reference))));
-  for (Index r = 0; r < rows; ++r) {
-    rescale[r] = factors[r];  // 0 where nothing was accumulated yet (old_max = -inf)
-    row_sum[r] = row_sum[r] * factors[r] + sums[r];
-  }
-}
-
-/// The online-softmax update of online_softmax_update for key-major logits (scores[c * stride +
-/// r], keys c < count) of the row packets [packet_first, packet_end): the rows lie along the
-/// vector lanes, so the maxima and sums over keys are lane-wise and need no horizontal reduction.
-/// Each packet keeps four maxima and four sums over the keys c = 0, 1, 2, 3 (mod 4), combined at
-/// the end: one chain of 64 dependent max or add instructions would take four times as long as
-/// the instructions themselves.
-inline void online_softmax_columns(Index count, Index stride, Index packet_first,
-                                   Index packet_end, float* scores, float* row_max,
-                                   float* row_sum, float* rescale) {
-  using namespace Eigen::internal;
-  constexpr int kChains = 4;
-  const Packet neg_inf = pset1<Packet>(kNegInf);
-  const Index full = count / kChains * kChains;
-  for (Index p = packet_first; p < packet_end; ++p) {
-    const Index lanes = p * kPacketSize;
-    float* s = scores + lanes;
-    const Packet old_max = pload<Packet>(row_max + lanes);
-    Packet maxima[kChains] = {old_max, old_max, old_max, old_max};
-    for (Index c = 0; c < full; c += kChains) {
-      HEADROOM_UNROLL
-      for (int j = 0; j < kChains; ++j) maxima[j] = pmax(maxima[j], pload<Packet>(s + (c + j) * stride));
-    }
-    for (Index c = full; c < count; ++c) maxima[0] = pmax(maxima[0], pload<Packet>(s + c * stride));
-    const Packet new_max = pmax(pmax(maxima[0], maxima[1]), pmax(maxima[2], maxima[3]));
-    // Rows that have seen no visible key keep m = -inf and are shifted by 0 instead, so that
-    // exp(-inf - -inf) does not turn their zero state into NaN. Masked logits (-inf), and the
-    // factor of rows with nothing accumulated yet, come out as exactly 0: packet_exp never
-    // returns a denormal.
-    const Packet shift = pand(new_max, pcmp_lt(neg_inf, new_max));
-    const auto probability = [&](Index c) {
-      const Packet e = packet_exp(psub(pload<Packet>(s + c * stride), shift));
-      pstore(s + c * stride, e);
-      return e;
-    };
-    Packet sums[kChains] = {pset1<Packet>(0.0f), pset1<Packet>(0.0f), pset1<Packet>(0.0f),
-                            pset1<Packet>(0.0f)};
-    for (Index c = 0; c < full; c += kChains) {
-      HEADROOM_UNROLL
-      for (int j = 0; j < kChains; ++j) sums[j] = padd(sums[j], probability(c + j));
-    }
-    for (Index c = full; c < count; ++c) sums[0] = padd(sums[0], probability(c));
-    const Packet sum = padd(padd(sums[0], sums[1]), padd(sums[2], sums[3]));
-    const Packet factor = packet_exp(psub(old_max, shift));
-    pstore(rescale + lanes, factor);
-    pstore(row_sum + lanes, pmadd(pload<Packet>(row_sum + lanes), factor, sum));
-    pstore(row_max + lanes, new_max);
-  }
-}
-
-/// A scale of 1 for every key of a tile: for K rows already converted to f32 and scaled.
-inline const float* unit_scales() {
-  static const std::vector<float> ones(kKeyTile, 1.0f);
-  return ones.data();
-}
-
-/// Where the rows of one K/V tile live, followed by those of the next tile: a pointer per key
-/// (resolving block tables and ring buffers once per tile) and the int8 scales (1 for other types).
-/// The rows `distance` keys ahead of the tile's keys, which the decode products request as they
-/// go, are then k + distance and v + distance, null past the last key of the next tile.
-template <class T>
-struct TileRows {
-  static constexpr Index kMaxDistance = kKeyTile;
-  Index count = 0;       // keys of this tile, at [0, count)
-  Index next_count = 0;  // keys of the next tile, at [count, count + next_count)
-  const T* k[2 * kKeyTile + kMaxDistance];
-  const T* v[2 * kKeyTile + kMaxDistance];
-  float k_scale[2 * kKeyTile];
-  float v_scale[2 * kKeyTile];
-
-  /// Makes the next tile the current one.
-  void advance() {
-    std::copy(k + count, k + count + next_count, k);
-    std::copy(v + count, v + count + next_count, v);
-    std::copy(k_scale + count, k_scale + count + next_count, k_scale);
-    std::copy(v_scale + count, v_scale + count + next_count, v_scale);
-    count = next_count;
-    next_count = 0;
-    end_at(count);
-  }
-  /// Nulls the rows that keys before `end` look ahead to past it.
-  void end_at(Index end) {
-    std::fill(k + end, k + end + kMaxDistance, nullptr);
-    std::fill(v + end, v + end + kMaxDistance, nullptr);
-  }
-};
-
-/// Writes the keys [k0, k0 + count) of kv head `kv_head` to `rows` from key `at` on, one run at a
-/// time, and nulls after them (up to the rows `distance` ahead of the last).
-template <class Source>
-void gather_tile_rows(const Source& source, Index b, Index kv_head, Index k0, Index count,
-                      Index at, TileRows<typename Source::Element>& rows) {
-  using Element = typename Source::Element;
-  for (Index offset = 0; offset < count;) {
-    const Index j = k0 + offset;
-    const Index run = std::min(count - offset, source.run_length(b, j));
-    const Element* k_row = source.k_row(b, j, kv_head);
-    const Element* v_row = source.v_row(b, j, kv_head);
-    const float* k_scales = source.k_scales(b, j, kv_head);
-    const float* v_scales = source.v_scales(b, j, kv_head);
-    const Index k_stride = source.k_row_stride(), v_stride = source.v_row_stride();
-    const Element** k_out = rows.k + at + offset;
-    const Element** v_out = rows.v + at + offset;
-    for (Index i = 0; i < run; ++i) k_out[i] = k_row + i * k_stride;
-    for (Index i = 0; i < run; ++i) v_out[i] = v_row + i * v_stride;
-    float* k_scale_out = rows.k_scale + at + offset;
-    float* v_scale_out = rows.v_scale + at + offset;
-    if (k_scales != nullptr) {
-      std::copy(k_scales, k_scales + run, k_scale_out);
-    } else {
-      std::fill(k_scale_out, k_scale_out + run, 1.0f);
-    }
-    if (v_scales != nullptr) {
-      std::copy(v_scales, v_scales + run, v_scale_out);
-    } else {
-      std::fill(v_scale_out, v_scale_out + run, 1.0f);
-    }
-    offset += run;
-  }
-  rows.end_at(at + count);
-}
-
-/// Writes `dim` elements of a K or V row (dim_stride apart) to the aligned f32 row `dst`, times
-/// `scale` (the int8 scale, else 1): in packets when the row is contiguous.
-template <class T>
-void row_to_f32(const T* src, Index dim, Index dim_stride, float scale, float* dst) {
-  using namespace Eigen::internal;
-  if (dim % kPacketSize == 0 && dim_stride == 1) {
-    const Packet factor = pset1<Packet>(scale);
-    for (Index d = 0; d < dim; d += kPacketSize) pstore(dst + d, pmul(load_packet(src + d), factor));
-  } else {
-    for (Index d = 0; d < dim; ++d) dst[d] = scale * static_cast<float>(src[d * dim_stride]);
-  }
-}
-
-/// Returns whether the `count` rows at row[c] lie one after the other, `stride` elements apart.
-template <class T>
-bool rows_follow_on(const T* const* row, Index count, Index stride) {
-  for (Index c = 1; c < count; ++c) {
-    if (row[c] != row[0] + c * stride) return false;
-  }
-  return true;
-}
-
-/// Returns the tile's K rows as f32, one after the other (row c at + c * dk), as the key-major
-/// product reads them at a stride known at compile time (see FixedStrideLhs): in place when the
-/// source stores them so (f32 cache rows of one block), else converted into `k` [kKeyTile, dk]
-/// with the int8 scale folded in. Keys past the last are never read.
-template <class T>
-const float* packed_k_rows(const TileRows<T>& rows, Index dk, Index k_row_stride,
-                           Index k_dim_stride, float* k) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (k_dim_stride == 1 && k_row_stride == dk && rows_follow_on(rows.k, rows.count, dk)) {
-      return rows.k[0];
-    }
-  }
-  for (Index c = 0; c < rows.count; ++c) {
-    row_to_f32(rows.k[c], dk, k_dim_stride, rows.k_scale[c], k + c * dk);
-  }
-  return k;
-}
-
-/// Returns the tile's V rows as the P.V product reads them in place, one after the other (row c at
-/// + c * dv, aligned for packet loads), or null when the source does not store them so. f32 rows
-/// of a cache block are (head-major, dv apart), as are those of one kv head in dense [B, S, 1, D]
-/// tensors; any other V is packed (pack_v_tile): rows Hkv * dv floats apart, a power of two of
-/// cache lines, would keep a panel of V in a few sets of L1 (see padded_rows).
-template <class T>
-const float* in_place_v_rows(const TileRows<T>& rows, Index dv, Index v_dim_stride) {
-  if constexpr (std::is_same_v<T, float>) {
-    const float* first = rows.v[0];
-    if (v_dim_stride == 1 && dv % kPacketSize == 0 &&
-        reinterpret_cast<std::uintptr_t>(first) % (kPacketSize * sizeof(float)) == 0 &&
-        rows_follow_on(rows.v, rows.count, dv)) {
-      return first;
-    }
-  }
-  return nullptr;
-}
-
-/// Returns whether every value row of the tile is its key row (with the key's scale): a source
-/// that stores V inside K (values_in_keys caches).
-template <class T>
-bool values_are_keys(const TileRows<T>& rows) {
-  for (Index c = 0; c < rows.count; ++c) {
-    if (rows.v[c] != rows.k[c] || rows.v_scale[c] != rows.k_scale[c]) return false;
-  }
-  return true;
-}
-
-/// Converts the V tile to f32 rows in `v` [kKeyTile, dv_pad] (int8 scale folded in), zero past
-/// the last key and past dv: for sources whose rows the P.V product cannot read in place.
-template <class T>
-void pack_v_tile(const TileRows<T>& rows, Index dv, Index dv_pad, Index v_dim_stride, float* v) {
-  const Index count = rows.count;
-  std::fill(v + count * dv_pad, v + kKeyTile * dv_pad, 0.0f);
-  for (Index c = 0; c < count; ++c) {
-    float* v_packed = v + c * dv_pad;
-    row_to_f32(rows.v[c], dv, v_dim_stride, rows.v_scale[c], v_packed);
-    std::fill(v_packed + dv, v_packed + dv_pad, 0.0f);
-  }
-}
-
-/// Stores `rows` rows of `dim` elements (row r at row(r), elements dim_stride apart) times
-/// `scale`, transposed: out[d * out_stride + r], with zeros in columns [rows, out_stride).
-/// Contiguous rows of packet-multiple dims are transposed in packet-square blocks in registers:
-/// element by element, the column writes hop out_stride floats each and thrash L1.
-template <class RowAt>
-void pack_transposed(Index rows, Index dim, const RowAt& row, Index dim_stride, float scale,
-                     Index out_stride, float* out) {
-  using namespace Eigen::internal;
-  const Index full = dim % kPacketSize == 0 && dim_stride == 1 ? rows / kPacketSize * kPacketSize : 0;
-  if (full > 0) {
-// PacketBlock<Packet16f> drops the vector type's alignment attribute, harmlessly: it is a local.
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wignored-attributes"
-#endif
-    using Block = PacketBlock<Packet, kPacketSize>;
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
-    const Packet factor = pset1<Packet>(scale);
-    for (Index r0 = 0; r0 < full; r0 += kPacketSize) {
-      decltype(row(0)) sources[kPacketSize];
-      for (int i = 0; i < kPacketSize; ++i) sources[i] = row(r0 + i);
-      for (Index d0 = 0; d0 < dim; d0 += kPacketSize) {
-        Block block;
-        for (int i = 0; i < kPacketSize; ++i) {
-          block.packet[i] = pmul(load_packet(sources[i] + d0), factor);
-        }
-        ptranspose(block);
-        for (int i = 0; i < kPacketSize; ++i) {
-          pstore(out + (d0 + i) * out_stride + r0, block.packet[i]);
-        }
-      }
-    }
-  }
-  for (Index d = 0; d < dim; ++d) {
-    float* column = out + d * out_stride;
-    for (Index r = full; r < rows; ++r) column[r] = static_cast<float>(row(r)[d * dim_stride]) * scale;
-    std::fill(column + rows, column + out_stride, 0.0f);
-  }
-}
-
-/// Scores of one tile, key-major: scores[c * rows_padded + r] = k_c . q_r for keys c < count and
-/// the rows of packets [packet_first, packet_end). The K rows are the broadcast operand, read as
-/// they are stored, and Q^T [dk, rows_padded] (packed once per work item) the vector one: no tile
-/// is ever transposed, and the softmax that follows runs along the lanes. Panels of Q^T are the
-/// outer loop, so each stays in L1 while the keys stream past it. The panels request the next
-/// tile's lines, spread evenly over all their products and the `later_depth` rows of depth of the
-/// products that follow (the P.V), which request the rest: memory then streams the whole time.
-/// Measured here: requesting all lines within the first of four panels (GQA prefill) slowed its
-/// products by a tenth, as the misses of the current tile queued behind them, and prefill ran
-/// 4-7% slower; requesting them during the scores alone left DRAM idle during the P.V of MQA
-/// decode, whose scores and P.V each take about as long as reading the tile.
-/// \tparam kDk the head dim (and K row stride) when fixed at compile time, or kDynamicDim.
-template <int kDk>
-void key_major_scores(const float* k, Index count, const float* q_t, Index rows_padded, Index dk,
-                      Index packet_first, Index packet_end, float* scores,
-                      LinePrefetcher* prefetcher, Index later_depth) {
-  // A full register tile is kTileRows keys by kTilePackets packets of rows; narrower panels (the
-  // last rows, or a small group) take more keys so that enough accumulators hide the FMA latency.
-  // AVX-512: 8 keys x 2 packets and 16 x 1 measured best for 32 and 16 heads over one kv head
-  // (16 keys also cut a 64-key tile without remainder: absorbed MLA decode gains 6% over 12).
-  constexpr int kNarrowKeys = kTileRows * kTilePackets / 2 > 8 ? 8 : kTileRows * kTilePackets / 2;
-  constexpr int kSinglePacketKeys = kPacketSize == 16 ? 16 : kTileRows * kTilePackets / 2;
-  // Calls fn(packets, keys, first packet) for the panels left to right, their packets of rows and
-  // keys per product as integral constants.
-  const auto for_each_panel = [&](auto&& fn) {
-    Index at = packet_first;
-    const auto next = [&](auto packets_tag, auto keys_tag) {
-      fn(packets_tag, keys_tag, at);
-      at += decltype(packets_tag)::value;
-    };
-    while (at + kTilePackets <= packet_end) {
-      next(std::integral_constant<int, kTilePackets>{}, std::integral_constant<int, kTileRows>{});
-    }
-    if constexpr (kTilePackets > 2) {
-      if (at + 2 <= packet_end) {
-        next(std::integral_constant<int, 2>{}, std::integral_constant<int, kNarrowKeys>{});
-      }
-    }
-    while (at < packet_end) {
-      next(std::integral_constant<int, 1>{}, std::integral_constant<int, kSinglePacketKeys>{});
-    }
-  };
-  if (prefetcher != nullptr) {
-    Index depth = 0;  // of all the panels' products
-    for_each_panel([&](auto, auto keys_tag, Index) {
-      constexpr int kKeys = decltype(keys_tag)::value;
-      depth += (count + kKeys - 1) / kKeys * dk;
-    });
-    prefetcher->spread_over(depth + later_depth);
-  }
-  for_each_panel([&](auto packets_tag, auto keys_tag, Index p) {
-    constexpr int kPackets = decltype(packets_tag)::value, kKeys = decltype(keys_tag)::value;
-    const PackedRows q_panel{q_t, rows_padded, prefetcher};
-    const Index col = p * kPacketSize;
-    const auto block = [&](Index c, auto rows_tag) {
-      constexpr int kRows = decltype(rows_tag)::value;
-      float* block_scores = scores + c * rows_padded + col;
-      if constexpr (kDk != kDynamicDim) {
-        micro_kernel<kRows, kPackets, Accumulate::kOverwrite>(
-            FixedStrideLhs<kDk>{k + c * kDk}, q_panel, col, kDk, block_scores, rows_padded,
-            nullptr, true);
-      } else {
-        micro_kernel<kRows, kPackets, Accumulate::kOverwrite>(Lhs{k + c * dk, dk, 1}, q_panel,
-                                                              col, dk, block_scores, rows_padded,
-                                                              nullptr, true);
-      }
-    };
-    Index c = 0;
-    for (; c + kKeys <= count; c += kKeys) block(c, std::integral_constant<int, kKeys>{});
-    if (c < count) dispatch_up_to<kKeys - 1>(count - c, [&](auto n) { block(c, n); });
-  });
-}
-
-/// Writes the query rows of a work item rotated for both sides of ReRoPE's window (see
-/// position/rerope.hpp), times `scale` and the log-n factor: for the keys inside the window at the
-/// query's position (to `inside`), for those beyond it at w, or at the leaky query position (to
-/// `outside`). Plain ReRoPE leaves the keys beyond the window raw, and leaky rotates them without
-/// the table's attention factor: the factor both sides of RoPE carry is folded into q instead.
-/// Layout as the item's q: row-major [rows, dk] when streamed, else transposed [dk, rows_pad].
-/// `rotated` is scratch of [rows, dk].
-template <class RowAt, class PositionAt>
-void rerope_queries(const ReRope& rerope, Index rows, Index dk, const RowAt& q_row,
-                    Index dim_stride, const PositionAt& position, float scale, bool streamed,
-                    Index rows_pad, float* rotated, float* inside, float* outside) {
-  const RopeTable& table = rerope.table();
-  const ReRopeConfig& config = rerope.config();
-  const Index half = table.rotary_dim() / 2;
-  const auto factor = static_cast<float>(table.attention_factor());
-  alignas(64) float cos_row[LeakyAngles::kMaxHalf], sin_row[LeakyAngles::kMaxHalf];
-  for (float* out : {inside, outside}) {
-    for (Index r = 0; r < rows; ++r) {
-      float* x = rotated + r * dk;
-      const auto* source = q_row(r);
-      for (Index d = 0; d < dk; ++d) x[d] = static_cast<float>(source[d * dim_stride]);
-      // A query before the first key (a sequence shorter than q_len) sees nothing: any rotation.
-      const Index pos = std::max<Index>(0, position(r));
-      // The attention factor goes on the rotated dims only; dims past rotary_dim pass through.
-      float rotated_scale = 1.0f;
-      if (out == inside) {
-        rotate_row(table.layout(), x, table.cos(pos), table.sin(pos), half);
-      } else if (!config.is_leaky()) {
-        rotate_row(table.layout(), x, table.cos(config.window), table.sin(config.window), half);
-        rotated_scale = factor;
-      } else {
-        rerope.leaky_angles().query(pos, cos_row, sin_row);
-        rotate_row(table.layout(), x, cos_row, sin_row, half);
-        rotated_scale = factor * factor;
-      }
-      const auto log_n = static_cast<float>(config.query_scale(pos));
-      if (rotated_scale != 1.0f || log_n != 1.0f) {
-        for (Index d = 0; d < dk; ++d) x[d] *= d < 2 * half ? rotated_scale * log_n : log_n;
-      }
-    }
-    if (streamed) {
-      for (Index i = 0; i < rows * dk; ++i) out[i] = rotated[i] * scale;
-    } else {
-      pack_transposed(rows, dk, [&](Index r) { return rotated + r * dk; }, 1, scale, rows_pad,
-                      out);
-    }
-  }
-}
-
-/// The angle ReRoPE rotates a tile's keys by: the key's position (inside the window), position / k
-/// (Leaky ReRoPE, beyond it), or only the part of position / k within its block of the leaky
-/// table, the queries having taken the block's part (LeakyAngles::block).
-enum class KeyRotation { kPosition, kLeaky, kLeakyInBlock };
-
-/// Writes the tile's K rows as f32 [count, dk] (int8 scale folded in), rotated by `rotation`.
-/// Each rotation is formed once per tile and shared by every row of the group. Rows `ahead[c]`
-/// (if given) are requested from memory meanwhile, as the streamed products would have.
-template <class T>
-void rerope_keys(const ReRope& rerope, KeyRotation rotation, const TileRows<T>& rows, Index k0,
-                 Index dk, Index k_dim_stride, const T* const* ahead, float* out) {
-  const RopeTable& table = rerope.table();
-  const Index half = table.rotary_dim() / 2;
-  alignas(64) float cos_row[LeakyAngles::kMaxHalf], sin_row[LeakyAngles::kMaxHalf];
-  for (Index c = 0; c < rows.count; ++c) {
-    if (ahead != nullptr) prefetch_row(ahead[c], dk * Index{sizeof(T)});
-    float* x = out + c * dk;
-    row_to_f32(rows.k[c], dk, k_dim_stride, rows.k_scale[c], x);
-    if (rotation == KeyRotation::kPosition) {
-      rotate_row(table.layout(), x, table.cos(k0 + c), table.sin(k0 + c), half);
-    } else if (rotation == KeyRotation::kLeaky) {
-      rerope.leaky_angles().key(k0 + c, cos_row, sin_row);
-      rotate_row(table.layout(), x, cos_row, sin_row, half);
-    } else {
-      const float* angles = rerope.leaky_angles().in_block((k0 + c) % LeakyAngles::kFineRows);
-      rotate_row(table.layout(), x, angles, angles + half, half);
-    }
-  }
-}
-
-/// Writes `rows` query rows [rows, dk] rotated back by the angles of leaky key block `block`
-/// (LeakyAngles::block): q' = R(-a) q, so that q'.R(b) k = q.R(a + b) k for keys of the block.
-inline void unrotate_queries_by_block(const ReRope& rerope, Index block, Index rows, Index dk,
-                                      const float* q, float* out) {
-  const RopeTable& table = rerope.table();
-  const Index half = table.rotary_dim() / 2;
-  const float* angles = rerope.leaky_angles().block(block);
-  alignas(64) float minus_sin[LeakyAngles::kMaxHalf];
-  for (Index i = 0; i < half; ++i) minus_sin[i] = -angles[half + i];
-  std::copy(q, q + rows * dk, out);
-  for (Index r = 0; r < rows; ++r) {
-    rotate_row(table.layout(), out + r * dk, angles, minus_sin, half);
-  }
-}
-
 /// Where a work item leaves its rows: the output and LSE views, or, when the keys are split, the
 /// item's slot of the partial results that the merge pass combines.
 struct RowSink {
@@ -627,19 +162,46 @@ struct RowSink {
   float* partial_lse = nullptr;  // [rows_per_item]
 };
 
-/// Computes one work item: the rows of query positions [i0, i1) of sequence b for every query
-/// head of kv head `kv_head`'s group, against all keys their masks allow, tile by tile. Row r is
-/// position i0 + r / group_size, head kv_head * group_size + r % group_size (positions outermost,
-/// so a block of rows spans few positions and shares most of its mask).
+/// One work item: the rows of query positions [i0, i1) of sequence b for every query head of kv
+/// head `kv_head`'s group, against all keys their masks allow, tile by tile. Row r is position
+/// i0 + r / group_size, head kv_head * group_size + r % group_size (positions outermost, so a
+/// block of rows spans few positions and shares most of its mask). The running softmax state and
+/// the output accumulator live in the thread's scratch.
 /// \tparam kDk, kDv head dims fixed at compile time, or kDynamicDim.
-/// With split keys (num_splits > 1), the keys the item's rows may see are cut into num_splits
-/// ranges of whole tiles and only range `split` is visited: splits follow the visible keys (a
-/// sliding window, a short sequence of the batch), not the whole cache.
 template <int kDk, int kDv, class QT, class Source>
-void attend_work_item(const TensorView<const QT>& q, const Source& source,
-                      const TensorView<float>& out, const AttentionOptions& options, float scale,
-                      const TileShape& shape, Index b, Index kv_head, Index i0, Index i1,
-                      Index split, const RowSink& sink, TileScratch& scratch) {
+struct WorkItem {
+  using Element = typename Source::Element;
+  // bf16 queries, keys and values on a build with AVX512_BF16 (see shape.bf16_pairs).
+  static constexpr bool kPairProducts = kHasBf16Dot && std::is_same_v<QT, Eigen::bfloat16> &&
+                                        std::is_same_v<Element, Eigen::bfloat16>;
+  // bf16 queries, keys and values on a build with AMX (see shape.amx_tiles).
+  static constexpr bool kAmxProducts = kHasAmx && kPairProducts;
+  // f32 queries, keys and values on a build with AMX, as three bf16 parts (shape.amx_tiles).
+  static constexpr bool kSplitProducts =
+      kHasAmx && std::is_same_v<QT, float> && std::is_same_v<Element, float>;
+  static constexpr bool kTileProducts = kAmxProducts || kSplitProducts;
+
+  /// The keys [k0, k1) of the tile being computed; `unmasked` when every row of the item sees
+  /// every one of them (a full tile): then no logit is masked.
+  struct TileKeys {
+    Index k0, k1;
+    bool unmasked;
+  };
+  /// The rows of a key-major tile that see any of its keys, and the requests for the next tile.
+  struct KeyMajorRows {
+    Index row_first, row_end;        // one interval: mask ends never decrease with the position
+    Index packet_first, packet_end;  // the packets of rows computed
+    LinePrefetcher* prefetcher;      // the next tile's lines (see LinePrefetcher), or null
+    Index pv_depth;                  // the depth of the FMA P.V products in all
+  };
+
+  const TensorView<const QT>& q;
+  const Source& source;
+  const AttentionOptions& options;
+  const float scale;
+  const TileShape& shape;
+  const Index b, kv_head, i0, i1;
+  TileScratch& scratch;
   const Index dk = kDk != kDynamicDim ? kDk : shape.head_dim_k;
   const Index dv = kDv != kDynamicDim ? kDv : shape.head_dim_v;
   const Index dv_pad = shape.head_dim_v_padded;
@@ -649,203 +211,243 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
   const Index kv_len = source.kv_len(b);
   const Index pos_offset = kv_len - shape.q_len;  // queries are the last q_len positions
   const KeyInterval keys{options.mask.kind, options.mask.window, kv_len};
-  const auto position = [&](Index row) { return i0 + row / group + pos_offset; };
+  const ReRope* const rerope = options.rerope;
+  const Index window = rerope != nullptr ? rerope->config().window : 0;
+  // How far ahead of its use the decode products request a row (see kPrefetchBytes).
+  const Index prefetch_distance = std::clamp<Index>(
+      kPrefetchBytes / (std::max(dk, dv) * static_cast<Index>(sizeof(Element))), 1,
+      TileRows<Element>::kMaxDistance);
 
-  // Q rows times the scale: [rows, dk] for the streamed path, else transposed [dk, rows_pad].
-  const auto q_row = [&](Index r) { return q.row(b, i0 + r / group, kv_head * group + r % group); };
-  const ReRope* rerope = options.rerope;
-  // bf16 queries, keys and values on a build with AVX512_BF16 (see shape.bf16_pairs).
-  constexpr bool kPairProducts = kHasBf16Dot && std::is_same_v<QT, Eigen::bfloat16> &&
-                                 std::is_same_v<typename Source::Element, Eigen::bfloat16>;
-  // bf16 queries, keys and values on a build with AMX (see shape.amx_tiles).
-  constexpr bool kAmxProducts = kHasAmx && kPairProducts;
-  // f32 queries, keys and values on a build with AMX, as three bf16 parts (shape.amx_tiles).
-  constexpr bool kSplitProducts = kHasAmx && std::is_same_v<QT, float> &&
-                                  std::is_same_v<typename Source::Element, float>;
-  constexpr bool kTileProducts = kAmxProducts || kSplitProducts;
-  // Writes the Q rows times the scale as f32 rows [rows, dk] at rows_out.
-  const auto scale_query_rows = [&](float* rows_out) {
+  /// Computes the item's rows against the keys of range `split` (see visible_keys) and writes
+  /// them to `out`, or to `sink`'s partial results when the keys are split.
+  void run(Index split, const TensorView<float>& out, const RowSink& sink) {
+    load_queries();
+    const auto [item_first, item_end] = visible_keys(split);
+    if constexpr (kTileProducts) {
+      if (shape.amx_tiles) configure_amx_tiles();
+    }
+    TileRows<Element> tile;  // this tile's rows and the next one's, for prefetching
+    if (item_first < item_end) {
+      tile.count = std::min(kKeyTile, item_end - item_first);
+      gather_tile_rows(source, b, kv_head, item_first, tile.count, 0, tile);
+    }
+    for (Index k0 = item_first; k0 < item_end; k0 += kKeyTile, tile.advance()) {
+      const Index k1 = std::min(k0 + kKeyTile, item_end);
+      if (k1 < item_end) {
+        tile.next_count = std::min(kKeyTile, item_end - k1);
+        gather_tile_rows(source, b, kv_head, k1, tile.next_count, tile.count, tile);
+      }
+      const TileKeys span{k0, k1,
+                          k0 >= keys.first(position(rows - 1)) && k1 <= keys.end(position(0)) &&
+                              k1 - k0 == kKeyTile};
+      if (shape.streamed) {
+        streamed_tile(tile, span);
+      } else {
+        key_major_tile(tile, span);
+      }
+    }
+    if constexpr (kTileProducts) {
+      if (shape.amx_tiles) release_amx_tiles();
+    }
+    write_rows(out, sink);
+  }
+
+  Index position(Index row) const { return i0 + row / group + pos_offset; }
+  const QT* q_row(Index r) const { return q.row(b, i0 + r / group, kv_head * group + r % group); }
+
+  /// Writes the Q rows times the scale as f32 rows [rows, dk] at rows_out.
+  void scale_query_rows(float* rows_out) const {
     for (Index r = 0; r < rows; ++r) {
       for (Index d = 0; d < dk; ++d) {
         rows_out[r * dk + d] = static_cast<float>(q_row(r)[d * q.dim_stride]) * scale;
       }
     }
-  };
-  if (shape.amx_tiles) {
-    if constexpr (kSplitProducts) {
-      // Scaled before the split, as the FMA path scales Q: the scores come out scaled.
-      scale_query_rows(scratch.q.data());
-      std::fill(scratch.q.begin() + rows * dk, scratch.q.begin() + rows_pad * dk, 0.0f);
-      pack_split_rows(scratch.q.data(), dk, 0, rows_pad, dk, scratch.q_pairs.data(), dk,
-                      rows_pad * dk);
-    } else {
-      pack_query_rows(rows, dk, q_row, q.dim_stride, rows_pad, scratch.q_pairs.data());
-    }
-  } else if (shape.bf16_pairs) {
-    pack_query_pairs(rows, dk, q_row, q.dim_stride, rows_pad, scratch.q_pairs.data());
-  } else if (rerope != nullptr) {
-    rerope_queries(*rerope, rows, dk, q_row, q.dim_stride, position, scale, shape.streamed,
-                   rows_pad, scratch.q_rows.data(), scratch.q.data(), scratch.q_outside.data());
-  } else if (shape.streamed) {
-    scale_query_rows(scratch.q.data());
-  } else {
-    pack_transposed(rows, dk, q_row, q.dim_stride, scale, rows_pad, scratch.q.data());
   }
-  std::fill(scratch.o.begin(), scratch.o.begin() + rows_pad * dv_pad, 0.0f);
-  std::fill(scratch.row_max.begin(), scratch.row_max.begin() + rows_pad, kNegInf);
-  std::fill(scratch.row_sum.begin(), scratch.row_sum.begin() + rows_pad, 0.0f);
 
-  Index item_first = keys.first(position(0));
-  Index item_end = keys.end(position(rows - 1));
-  if (shape.num_splits > 1) {
-    const Index visible = std::max<Index>(0, item_end - item_first);
-    const Index per_split = (visible + shape.num_splits - 1) / shape.num_splits;
-    const Index chunk = std::max<Index>(1, (per_split + kKeyTile - 1) / kKeyTile) * kKeyTile;
-    item_first = std::min(item_end, item_first + split * chunk);
-    item_end = std::min(item_end, item_first + chunk);
-  }
-  if constexpr (kTileProducts) {
-    if (shape.amx_tiles) configure_amx_tiles();
-  }
-  using Element = typename Source::Element;
-  TileRows<Element> tile;  // this tile's rows and the next one's, for prefetching
-  const Index prefetch_distance = std::clamp<Index>(
-      kPrefetchBytes / (std::max(dk, dv) * static_cast<Index>(sizeof(Element))), 1,
-      TileRows<Element>::kMaxDistance);
-  if (item_first < item_end) {
-    tile.count = std::min(kKeyTile, item_end - item_first);
-    gather_tile_rows(source, b, kv_head, item_first, tile.count, 0, tile);
-  }
-  for (Index k0 = item_first; k0 < item_end; k0 += kKeyTile, tile.advance()) {
-    const Index k1 = std::min(k0 + kKeyTile, item_end);
-    if (k1 < item_end) {
-      tile.next_count = std::min(kKeyTile, item_end - k1);
-      gather_tile_rows(source, b, kv_head, k1, tile.next_count, tile.count, tile);
-    }
-    // Whether every row of the item sees every key of this (full) tile: then no logit is masked.
-    const bool unmasked = k0 >= keys.first(position(rows - 1)) && k1 <= keys.end(position(0)) &&
-                          k1 - k0 == kKeyTile;
-    // The keys of this tile that rows [r0, r0 + block_rows) may see, empty when all are masked.
-    const auto block_keys = [&](Index r0, Index block_rows) {
-      return std::pair<Index, Index>(std::max(k0, keys.first(position(r0))),
-                                     std::min(k1, keys.end(position(r0 + block_rows - 1))));
-    };
-    // Sets the logits of row r (at scores[r * row_step + c * key_step]) outside its keys to -inf.
-    const auto mask_row = [&](Index r, float* scores, Index row_step, Index key_step) {
-      const Index pos = position(r);
-      const Index lo = std::clamp(keys.first(pos) - k0, Index{0}, k1 - k0);
-      const Index hi = std::clamp(keys.end(pos) - k0, lo, k1 - k0);
-      for (Index c = 0; c < kKeyTile; ++c) {
-        if (c < lo || c >= hi) scores[r * row_step + c * key_step] = kNegInf;
-      }
-    };
-    const auto apply_softcap = [&](float* scores, Index count) {
-      // Gemma 2: logit = cap * tanh(logit / cap), before the mask so masked keys stay -inf.
-      auto s = Eigen::Map<Eigen::ArrayXf>(scores, count);
-      s = options.softcap * (s * (1.0f / options.softcap)).tanh();
-    };
-    // ReRoPE: rows at positions p <= k1 + w - 2 see keys of this tile inside the window (j > p -
-    // w), rows at p >= k0 + w keys beyond it; with both, the logits of keys j <= p - w (at
-    // scores[r * row_step + c * key_step]) are taken from `beyond`.
-    const Index window = rerope != nullptr ? rerope->config().window : 0;
-    const auto first_row_at = [&](Index pos) {
-      return std::clamp((pos - i0 - pos_offset) * group, Index{0}, rows);
-    };
-    const auto take_beyond_window = [&](Index r_first, Index r_end, const float* beyond,
-                                        float* scores, Index row_step, Index key_step) {
-      for (Index r = r_first; r < r_end; ++r) {
-        const Index count = std::clamp(position(r) - window + 1 - k0, Index{0}, k1 - k0);
-        for (Index c = 0; c < count; ++c) {
-          scores[r * row_step + c * key_step] = beyond[r * row_step + c * key_step];
-        }
-      }
-    };
-
-    if (shape.streamed) {
-      // Decode: each block of at most kTileRows rows reads K and V straight from the source.
-      const Element* const* k_ahead = tile.k + prefetch_distance;
-      const Index block_rows = rows;
-      const auto [block_first, block_end] = block_keys(0, block_rows);
-      if (block_first >= block_end) continue;
-      float* scores = scratch.scores.data();
-      // `ahead`: the source rows to request meanwhile, and `far` the tile's V rows to request
-      // into L2 (see kFarLocality); null when an earlier product of the tile has.
-      const auto scores_against = [&](const float* q_rows, const auto* k_rows, const float* k_scale,
-                                      const Element* const* ahead, const Element* const* far,
-                                      float* out_scores) {
-        dispatch_rows(block_rows, [&](auto rows_tag) {
-          dot_scores<decltype(rows_tag)::value>(q_rows, dk, k_rows, k_scale, tile.count, ahead,
-                                                out_scores, kKeyTile, far,
-                                                dv * static_cast<Index>(sizeof(Element)));
-        });
-      };
-      if (rerope == nullptr) {
-        scores_against(scratch.q.data(), tile.k, tile.k_scale, k_ahead, tile.v, scores);
+  /// Lays out the item's Q rows as its products read them (times the scale: [rows, dk] for the
+  /// streamed path, else transposed [dk, rows_pad]) and starts the softmax state and O empty.
+  void load_queries() {
+    const auto row_of = [this](Index r) { return q_row(r); };
+    const auto position_of = [this](Index row) { return position(row); };
+    if (shape.amx_tiles) {
+      if constexpr (kSplitProducts) {
+        // Scaled before the split, as the FMA path scales Q: the scores come out scaled.
+        scale_query_rows(scratch.q.data());
+        std::fill(scratch.q.begin() + rows * dk, scratch.q.begin() + rows_pad * dk, 0.0f);
+        pack_split_rows(scratch.q.data(), dk, 0, rows_pad, dk, scratch.q_pairs.data(), dk,
+                        rows_pad * dk);
       } else {
-        const bool inside = first_row_at(k1 + window - 1) > 0;
-        const Index beyond_first = first_row_at(k0 + window);
-        const bool beyond = beyond_first < block_rows;
-        const float* rotated[kKeyTile];
-        if (inside) {
-          rerope_keys(*rerope, KeyRotation::kPosition, tile, k0, dk, source.k_dim_stride(),
-                      k_ahead, scratch.k.data());
-          for (Index c = 0; c < tile.count; ++c) rotated[c] = scratch.k.data() + c * dk;
-          scores_against(scratch.q.data(), rotated, unit_scales(), nullptr, tile.v, scores);
+        pack_query_rows(rows, dk, row_of, q.dim_stride, rows_pad, scratch.q_pairs.data());
+      }
+    } else if (shape.bf16_pairs) {
+      pack_query_pairs(rows, dk, row_of, q.dim_stride, rows_pad, scratch.q_pairs.data());
+    } else if (rerope != nullptr) {
+      rerope_queries(*rerope, rows, dk, row_of, q.dim_stride, position_of, scale, shape.streamed,
+                     rows_pad, scratch.q_rows.data(), scratch.q.data(), scratch.q_outside.data());
+    } else if (shape.streamed) {
+      scale_query_rows(scratch.q.data());
+    } else {
+      pack_transposed(rows, dk, row_of, q.dim_stride, scale, rows_pad, scratch.q.data());
+    }
+    std::fill(scratch.o.begin(), scratch.o.begin() + rows_pad * dv_pad, 0.0f);
+    std::fill(scratch.row_max.begin(), scratch.row_max.begin() + rows_pad, kNegInf);
+    std::fill(scratch.row_sum.begin(), scratch.row_sum.begin() + rows_pad, 0.0f);
+  }
+
+  /// Returns the keys [first, end) the item visits: those its rows' masks allow, or with split
+  /// keys (num_splits > 1) range `split` of them, cut into num_splits ranges of whole tiles:
+  /// splits follow the visible keys (a sliding window, a short sequence of the batch), not the
+  /// whole cache.
+  std::pair<Index, Index> visible_keys(Index split) const {
+    Index item_first = keys.first(position(0));
+    Index item_end = keys.end(position(rows - 1));
+    if (shape.num_splits > 1) {
+      const Index visible = std::max<Index>(0, item_end - item_first);
+      const Index per_split = (visible + shape.num_splits - 1) / shape.num_splits;
+      const Index chunk = std::max<Index>(1, (per_split + kKeyTile - 1) / kKeyTile) * kKeyTile;
+      item_first = std::min(item_end, item_first + split * chunk);
+      item_end = std::min(item_end, item_first + chunk);
+    }
+    return {item_first, item_end};
+  }
+
+  /// Returns the keys of the tile that rows [r0, r0 + block_rows) may see, empty when all are
+  /// masked.
+  std::pair<Index, Index> block_keys(const TileKeys& span, Index r0, Index block_rows) const {
+    return {std::max(span.k0, keys.first(position(r0))),
+            std::min(span.k1, keys.end(position(r0 + block_rows - 1)))};
+  }
+
+  /// Sets the logits of row r (at scores[r * row_step + c * key_step]) outside its keys to -inf.
+  void mask_row(const TileKeys& span, Index r, float* scores, Index row_step,
+                Index key_step) const {
+    const Index pos = position(r);
+    const Index lo = std::clamp(keys.first(pos) - span.k0, Index{0}, span.k1 - span.k0);
+    const Index hi = std::clamp(keys.end(pos) - span.k0, lo, span.k1 - span.k0);
+    for (Index c = 0; c < kKeyTile; ++c) {
+      if (c < lo || c >= hi) scores[r * row_step + c * key_step] = kNegInf;
+    }
+  }
+
+  /// Soft-caps `count` logits (Gemma 2: logit = cap * tanh(logit / cap)), before the mask so
+  /// masked keys stay -inf.
+  void apply_softcap(float* scores, Index count) const {
+    auto s = Eigen::Map<Eigen::ArrayXf>(scores, count);
+    s = options.softcap * (s * (1.0f / options.softcap)).tanh();
+  }
+
+  // ReRoPE: rows at positions p <= k1 + w - 2 see keys of a tile inside the window (j > p - w),
+  // rows at p >= k0 + w keys beyond it.
+  /// Returns the first row at position `pos` or later (rows if none).
+  Index first_row_at(Index pos) const {
+    return std::clamp((pos - i0 - pos_offset) * group, Index{0}, rows);
+  }
+  /// Takes the logits of keys j <= p - w (at scores[r * row_step + c * key_step]) of rows
+  /// [r_first, r_end) from `beyond`: rows that see keys of the tile on both sides of the window.
+  void take_beyond_window(const TileKeys& span, Index r_first, Index r_end, const float* beyond,
+                          float* scores, Index row_step, Index key_step) const {
+    for (Index r = r_first; r < r_end; ++r) {
+      const Index count = std::clamp(position(r) - window + 1 - span.k0, Index{0},
+                                     span.k1 - span.k0);
+      for (Index c = 0; c < count; ++c) {
+        scores[r * row_step + c * key_step] = beyond[r * row_step + c * key_step];
+      }
+    }
+  }
+
+  /// Computes a tile of a decode step: the few rows (at most kTileRows) read K and V straight
+  /// from the source, scores row-major.
+  void streamed_tile(const TileRows<Element>& tile, const TileKeys& span) {
+    const Index k0 = span.k0;
+    const Index k1 = span.k1;
+    const bool unmasked = span.unmasked;
+    const Element* const* k_ahead = tile.k + prefetch_distance;
+    const Index block_rows = rows;
+    const auto [block_first, block_end] = block_keys(span, 0, block_rows);
+    if (block_first >= block_end) return;
+    float* scores = scratch.scores.data();
+    // `ahead`: the source rows to request meanwhile, and `far` the tile's V rows to request
+    // into L2 (see kFarLocality); null when an earlier product of the tile has.
+    const auto scores_against = [&](const float* q_rows, const auto* k_rows, const float* k_scale,
+                                    const Element* const* ahead, const Element* const* far,
+                                    float* out_scores) {
+      dispatch_rows(block_rows, [&](auto rows_tag) {
+        dot_scores<decltype(rows_tag)::value>(q_rows, dk, k_rows, k_scale, tile.count, ahead,
+                                              out_scores, kKeyTile, far,
+                                              dv * static_cast<Index>(sizeof(Element)));
+      });
+    };
+    if (rerope == nullptr) {
+      scores_against(scratch.q.data(), tile.k, tile.k_scale, k_ahead, tile.v, scores);
+    } else {
+      const bool inside = first_row_at(k1 + window - 1) > 0;
+      const Index beyond_first = first_row_at(k0 + window);
+      const bool beyond = beyond_first < block_rows;
+      const float* rotated[kKeyTile];
+      if (inside) {
+        rerope_keys(*rerope, KeyRotation::kPosition, tile, k0, dk, source.k_dim_stride(),
+                    k_ahead, scratch.k.data());
+        for (Index c = 0; c < tile.count; ++c) rotated[c] = scratch.k.data() + c * dk;
+        scores_against(scratch.q.data(), rotated, unit_scales(), nullptr, tile.v, scores);
+      }
+      if (beyond) {
+        float* beyond_scores = inside ? scratch.scores_outside.data() : scores;
+        if (rerope->config().is_leaky()) {
+          // The few rows take the angle the tile's keys share (a tile within one block of
+          // the leaky table), and each key only its own part, read from the table: no angles
+          // are composed per key. Measured here (GQA 32/8, 32k keys, 2 threads, three paired
+          // rounds): roof 0.51 -> 0.56.
+          const Index block = k0 / LeakyAngles::kFineRows;
+          const bool one_block = (k1 - 1) / LeakyAngles::kFineRows == block;
+          const float* q_beyond = scratch.q_outside.data();
+          if (one_block) {
+            unrotate_queries_by_block(*rerope, block, block_rows, dk, q_beyond,
+                                      scratch.q_rows.data());
+            q_beyond = scratch.q_rows.data();
+          }
+          rerope_keys(*rerope, one_block ? KeyRotation::kLeakyInBlock : KeyRotation::kLeaky,
+                      tile, k0, dk, source.k_dim_stride(), inside ? nullptr : k_ahead,
+                      scratch.k_outside.data());
+          for (Index c = 0; c < tile.count; ++c) rotated[c] = scratch.k_outside.data() + c * dk;
+          scores_against(q_beyond, rotated, unit_scales(), nullptr, inside ? nullptr : tile.v,
+                         beyond_scores);
+        } else {
+          scores_against(scratch.q_outside.data(), tile.k, tile.k_scale,
+                         inside ? nullptr : k_ahead, inside ? nullptr : tile.v, beyond_scores);
         }
-        if (beyond) {
-          float* beyond_scores = inside ? scratch.scores_outside.data() : scores;
-          if (rerope->config().is_leaky()) {
-            // The few rows take the angle the tile's keys share (a tile within one block of
-            // the leaky table), and each key only its own part, read from the table: no angles
-            // are composed per key. Measured here (GQA 32/8, 32k keys, 2 threads, three paired
-            // rounds): roof 0.51 -> 0.56.
-            const Index block = k0 / LeakyAngles::kFineRows;
-            const bool one_block = (k1 - 1) / LeakyAngles::kFineRows == block;
-            const float* q_beyond = scratch.q_outside.data();
-            if (one_block) {
-              unrotate_queries_by_block(*rerope, block, block_rows, dk, q_beyond,
-                                        scratch.q_rows.data());
-              q_beyond = scratch.q_rows.data();
-            }
-            rerope_keys(*rerope, one_block ? KeyRotation::kLeakyInBlock : KeyRotation::kLeaky,
-                        tile, k0, dk, source.k_dim_stride(), inside ? nullptr : k_ahead,
-                        scratch.k_outside.data());
-            for (Index c = 0; c < tile.count; ++c) rotated[c] = scratch.k_outside.data() + c * dk;
-            scores_against(q_beyond, rotated, unit_scales(), nullptr, inside ? nullptr : tile.v,
-                           beyond_scores);
-          } else {
-            scores_against(scratch.q_outside.data(), tile.k, tile.k_scale,
-                           inside ? nullptr : k_ahead, inside ? nullptr : tile.v, beyond_scores);
-          }
-          if (inside) {
-            take_beyond_window(beyond_first, block_rows, beyond_scores, scores, kKeyTile, 1);
-          }
+        if (inside) {
+          take_beyond_window(span, beyond_first, block_rows, beyond_scores, scores, kKeyTile, 1);
         }
       }
-      if (options.softcap > 0.0f) apply_softcap(scores, block_rows * kKeyTile);
-      for (Index r = 0; r < block_rows && !unmasked; ++r) mask_row(r, scores, kKeyTile, 1);
-      online_softmax_update(block_rows, scores, scratch.row_max.data(), scratch.row_sum.data(),
-                            scratch.rescale.data());
-      // The P.V requests the next tile's K rows into L2 as it goes (see kFarLocality).
-      const SourceRows<Element> v_rows{tile.v,
-                                       tile.v_scale,
-                                       tile.v + prefetch_distance,
-                                       dv * static_cast<Index>(sizeof(Element)),
-                                       tile.k + tile.count,
-                                       dk * static_cast<Index>(sizeof(Element))};
-      // Probabilities past block_end are zero: the P.V depth stops there.
-      gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, Lhs{scores, kKeyTile, 1}, v_rows,
-                                            block_end - k0, scratch.o.data(), dv_pad, dv,
-                                            scratch.rescale.data());
-      continue;
     }
+    if (options.softcap > 0.0f) apply_softcap(scores, block_rows * kKeyTile);
+    for (Index r = 0; r < block_rows && !unmasked; ++r) mask_row(span, r, scores, kKeyTile, 1);
+    online_softmax_update(block_rows, scores, scratch.row_max.data(), scratch.row_sum.data(),
+                          scratch.rescale.data());
+    // The P.V requests the next tile's K rows into L2 as it goes (see kFarLocality).
+    const SourceRows<Element> v_rows{tile.v,
+                                     tile.v_scale,
+                                     tile.v + prefetch_distance,
+                                     dv * static_cast<Index>(sizeof(Element)),
+                                     tile.k + tile.count,
+                                     dk * static_cast<Index>(sizeof(Element))};
+    // Probabilities past block_end are zero: the P.V depth stops there.
+    gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, Lhs{scores, kKeyTile, 1}, v_rows,
+                                          block_end - k0, scratch.o.data(), dv_pad, dv,
+                                          scratch.rescale.data());
+  }
 
-    // Key-major tile. The rows that see any key of it are one interval (mask ends never decrease
-    // with the position); only their packets are computed.
+  /// Computes a key-major tile (prefill; decode of wide groups): S^T, P^T and Q^T with the rows
+  /// along the lanes, by the processor's best products.
+  void key_major_tile(const TileRows<Element>& tile, const TileKeys& span) {
+    const Index k0 = span.k0;
+    const Index k1 = span.k1;
+    // The rows that see any key of the tile are one interval (mask ends never decrease with the
+    // position); only their packets are computed.
     Index row_first = 0, row_end = rows;
     while (row_first < rows && keys.end(position(row_first)) <= k0) ++row_first;
     while (row_end > row_first && keys.first(position(row_end - 1)) >= k1) --row_end;
-    if (row_first == row_end) continue;
+    if (row_first == row_end) return;
     const Index packet_first = row_first / kPacketSize;
     const Index packet_end = (row_end + kPacketSize - 1) / kPacketSize;
 
@@ -868,103 +470,139 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
                             dv_pad % (kTilePackets * kPacketSize) / kPacketSize;
     const Index pv_depth =
         (row_end - row_first + kTileRows - 1) / kTileRows * pv_panels * tile.count;
-    float* scores = scratch.scores.data();
-    const float* k_rows = nullptr;  // the K rows as f32, when unrotated
-    // Soft-caps and masks the tile's key-major logits and folds them into the running softmax.
-    const auto softmax_key_major = [&](float* logits) {
-      if (options.softcap > 0.0f) apply_softcap(logits, tile.count * rows_pad);
-      const Index mask_end = std::min(rows, packet_end * kPacketSize);
-      for (Index r = packet_first * kPacketSize; r < mask_end && !unmasked; ++r) {
-        mask_row(r, logits, 1, rows_pad);
-      }
-      online_softmax_columns(tile.count, rows_pad, packet_first, packet_end, logits,
-                             scratch.row_max.data(), scratch.row_sum.data(),
-                             scratch.rescale.data());
-    };
+    const KeyMajorRows at{row_first, row_end, packet_first, packet_end, prefetcher, pv_depth};
     if constexpr (kPairProducts) {
-      if (shape.bf16_pairs) {
-        // S^T = scale K.Q^T, K rows read in place; P.V into O^T. The probabilities past the last
-        // key any row sees are zero: the P.V depth stops there.
-        const auto k_bits = [&](Index c) { return reinterpret_cast<const Bf16Bits*>(tile.k[c]); };
-        bf16_pair_product<false>(tile.count, k_bits, 2, scratch.q_pairs.data(), 2 * rows_pad,
-                                 packet_first, packet_end, dk / 2, scores, rows_pad, nullptr,
-                                 scale, prefetcher);
-        softmax_key_major(scores);
-        const Index depth = std::min(k1, keys.end(position(row_end - 1))) - k0;
-        pack_probability_pairs(scores, depth, rows_pad, packet_first, packet_end,
-                               scratch.p_pairs.data());
-        pack_value_pairs(tile.v, depth, dv, scratch.v_pairs.data());
-        const Bf16Bits* v_pairs = scratch.v_pairs.data();
-        bf16_pair_product<true>(dv, [&](Index d) { return v_pairs + 2 * d; }, 2 * dv,
-                                scratch.p_pairs.data(), 2 * rows_pad, packet_first, packet_end,
-                                (depth + 1) / 2, scratch.o.data(), rows_pad,
-                                scratch.rescale.data(), 1.0f, nullptr);
-        if (prefetcher != nullptr) prefetcher->finish();
-        continue;
-      }
+      if (shape.bf16_pairs) return pair_tile(tile, span, at);
     }
     if constexpr (kTileProducts) {
-      if (shape.amx_tiles) {
-        // Row packets are the AMX row blocks (16 rows; see amx_tile_kernel.hpp).
-        // S = Q.K^T in row-major f32, scaled; the row-major online softmax per 16 rows; P as bf16
-        // rows; O = diag(rescale) O + P.V. Keys past the tile's last are zero in K^T and V (and
-        // masked in S). f32 operands go in three bf16 parts each (amx_split_kernel.hpp).
-        const Index first = packet_first * kPacketSize, end = packet_end * kPacketSize;
-        Bf16Bits* const k_pairs = scratch.k_pairs.data();
-        Bf16Bits* const p_pairs = scratch.p_pairs.data();
-        Bf16Bits* const v_pairs = scratch.v_pairs.data();
-        const Bf16Bits* const q_pairs = scratch.q_pairs.data();
-        if constexpr (kSplitProducts) {
-          if (prefetcher != nullptr) {
-            prefetcher->spread_over(
-                LinePrefetcher::kDepthPerStep *
-                (amx_split_blocks(packet_first, packet_end, kKeyTile) +
-                 amx_split_blocks(packet_first, packet_end, dv)));
-          }
-          pack_split_key_pairs<kKeyTile>(tile.k, tile.count, dk, k_pairs, kKeyTile * dk);
-          amx_split_product(q_pairs, rows_pad * dk, dk, k_pairs, kKeyTile * dk, 2 * kKeyTile, dk,
-                            kKeyTile, packet_first, packet_end, scores, kKeyTile, false,
-                            prefetcher);
-        } else {
-          const auto k_bits = [&](Index c) { return tile.k[c]; };
-          pack_query_pairs(tile.count, dk, k_bits, 1, kKeyTile, k_pairs);
-          amx_scores<kKeyTile>(q_pairs, dk, k_pairs, packet_first, packet_end, scores);
-          Eigen::Map<Eigen::ArrayXf>(scores + first * kKeyTile, (end - first) * kKeyTile) *= scale;
-        }
-        if (options.softcap > 0.0f) {
-          apply_softcap(scores + first * kKeyTile, (end - first) * kKeyTile);
-        }
-        for (Index r = first; r < std::min(rows, end) && !unmasked; ++r) {
-          mask_row(r, scores, kKeyTile, 1);
-        }
-        for (Index r0 = first; r0 < end; r0 += kPacketSize) {
-          online_softmax_update(kPacketSize, scores + r0 * kKeyTile, scratch.row_max.data() + r0,
-                                scratch.row_sum.data() + r0, scratch.rescale.data() + r0);
-        }
-        // The keys past the last one any row sees have zero probabilities: the P.V depth stops
-        // there, in whole depth steps of the tiles.
-        const Index depth = std::min(k1, keys.end(position(row_end - 1))) - k0;
-        if constexpr (kSplitProducts) {
-          const Index steps = (depth + kAmxDepth - 1) / kAmxDepth * kAmxDepth;
-          pack_split_rows(scores, kKeyTile, first, end, steps, p_pairs, kKeyTile,
-                          rows_pad * kKeyTile);
-          pack_split_value_pairs(tile.v, std::min(depth, tile.count), steps, dv, v_pairs,
-                                 kKeyTile * dv);
-          rescale_rows(scratch.rescale.data(), first, end, dv, scratch.o.data(), dv_pad);
-          amx_split_product(p_pairs, rows_pad * kKeyTile, kKeyTile, v_pairs, kKeyTile * dv,
-                            2 * dv, steps, dv, packet_first, packet_end, scratch.o.data(), dv_pad,
-                            true, prefetcher);
-          if (prefetcher != nullptr) prefetcher->finish();
-        } else {
-          pack_probability_rows<kKeyTile>(scores, first, end, p_pairs);
-          pack_value_pairs(tile.v, depth, dv, v_pairs);
-          std::fill(v_pairs + (depth + 1) / 2 * 2 * dv, v_pairs + kKeyTile * dv, Bf16Bits{0});
-          amx_output<kKeyTile>(p_pairs, v_pairs, dv, packet_first, packet_end,
-                               scratch.rescale.data(), scratch.o.data(), dv_pad);
-        }
-        continue;
-      }
+      if (shape.amx_tiles) return amx_tile(tile, span, at);
     }
+    fma_tile(tile, span, at);
+  }
+
+  /// Soft-caps and masks the tile's key-major logits and folds them into the running softmax.
+  void softmax_key_major(const TileRows<Element>& tile, const TileKeys& span,
+                         const KeyMajorRows& at, float* logits) {
+    if (options.softcap > 0.0f) apply_softcap(logits, tile.count * rows_pad);
+    const Index mask_end = std::min(rows, at.packet_end * kPacketSize);
+    for (Index r = at.packet_first * kPacketSize; r < mask_end && !span.unmasked; ++r) {
+      mask_row(span, r, logits, 1, rows_pad);
+    }
+    online_softmax_columns(tile.count, rows_pad, at.packet_first, at.packet_end, logits,
+                           scratch.row_max.data(), scratch.row_sum.data(),
+                           scratch.rescale.data());
+  }
+
+  /// The key-major tile by bf16 pair products (TileShape::bf16_pairs).
+  void pair_tile(const TileRows<Element>& tile, const TileKeys& span, const KeyMajorRows& at) {
+    const Index k0 = span.k0;
+    const Index k1 = span.k1;
+    const Index row_end = at.row_end;
+    const Index packet_first = at.packet_first;
+    const Index packet_end = at.packet_end;
+    LinePrefetcher* const prefetcher = at.prefetcher;
+    float* scores = scratch.scores.data();
+    // S^T = scale K.Q^T, K rows read in place; P.V into O^T. The probabilities past the last
+    // key any row sees are zero: the P.V depth stops there.
+    const auto k_bits = [&](Index c) { return reinterpret_cast<const Bf16Bits*>(tile.k[c]); };
+    bf16_pair_product<false>(tile.count, k_bits, 2, scratch.q_pairs.data(), 2 * rows_pad,
+                             packet_first, packet_end, dk / 2, scores, rows_pad, nullptr,
+                             scale, prefetcher);
+    softmax_key_major(tile, span, at, scores);
+    const Index depth = std::min(k1, keys.end(position(row_end - 1))) - k0;
+    pack_probability_pairs(scores, depth, rows_pad, packet_first, packet_end,
+                           scratch.p_pairs.data());
+    pack_value_pairs(tile.v, depth, dv, scratch.v_pairs.data());
+    const Bf16Bits* v_pairs = scratch.v_pairs.data();
+    bf16_pair_product<true>(dv, [&](Index d) { return v_pairs + 2 * d; }, 2 * dv,
+                            scratch.p_pairs.data(), 2 * rows_pad, packet_first, packet_end,
+                            (depth + 1) / 2, scratch.o.data(), rows_pad,
+                            scratch.rescale.data(), 1.0f, nullptr);
+    if (prefetcher != nullptr) prefetcher->finish();
+  }
+
+  /// The key-major tile on AMX tiles (TileShape::amx_tiles).
+  void amx_tile(const TileRows<Element>& tile, const TileKeys& span, const KeyMajorRows& at) {
+    const Index k0 = span.k0;
+    const Index k1 = span.k1;
+    const bool unmasked = span.unmasked;
+    const Index row_end = at.row_end;
+    const Index packet_first = at.packet_first;
+    const Index packet_end = at.packet_end;
+    LinePrefetcher* const prefetcher = at.prefetcher;
+    float* scores = scratch.scores.data();
+    // Row packets are the AMX row blocks (16 rows; see amx_tile_kernel.hpp).
+    // S = Q.K^T in row-major f32, scaled; the row-major online softmax per 16 rows; P as bf16
+    // rows; O = diag(rescale) O + P.V. Keys past the tile's last are zero in K^T and V (and
+    // masked in S). f32 operands go in three bf16 parts each (amx_split_kernel.hpp).
+    const Index first = packet_first * kPacketSize, end = packet_end * kPacketSize;
+    Bf16Bits* const k_pairs = scratch.k_pairs.data();
+    Bf16Bits* const p_pairs = scratch.p_pairs.data();
+    Bf16Bits* const v_pairs = scratch.v_pairs.data();
+    const Bf16Bits* const q_pairs = scratch.q_pairs.data();
+    if constexpr (kSplitProducts) {
+      if (prefetcher != nullptr) {
+        prefetcher->spread_over(
+            LinePrefetcher::kDepthPerStep *
+            (amx_split_blocks(packet_first, packet_end, kKeyTile) +
+             amx_split_blocks(packet_first, packet_end, dv)));
+      }
+      pack_split_key_pairs<kKeyTile>(tile.k, tile.count, dk, k_pairs, kKeyTile * dk);
+      amx_split_product(q_pairs, rows_pad * dk, dk, k_pairs, kKeyTile * dk, 2 * kKeyTile, dk,
+                        kKeyTile, packet_first, packet_end, scores, kKeyTile, false,
+                        prefetcher);
+    } else {
+      const auto k_bits = [&](Index c) { return tile.k[c]; };
+      pack_query_pairs(tile.count, dk, k_bits, 1, kKeyTile, k_pairs);
+      amx_scores<kKeyTile>(q_pairs, dk, k_pairs, packet_first, packet_end, scores);
+      Eigen::Map<Eigen::ArrayXf>(scores + first * kKeyTile, (end - first) * kKeyTile) *= scale;
+    }
+    if (options.softcap > 0.0f) {
+      apply_softcap(scores + first * kKeyTile, (end - first) * kKeyTile);
+    }
+    for (Index r = first; r < std::min(rows, end) && !unmasked; ++r) {
+      mask_row(span, r, scores, kKeyTile, 1);
+    }
+    for (Index r0 = first; r0 < end; r0 += kPacketSize) {
+      online_softmax_update(kPacketSize, scores + r0 * kKeyTile, scratch.row_max.data() + r0,
+                            scratch.row_sum.data() + r0, scratch.rescale.data() + r0);
+    }
+    // The keys past the last one any row sees have zero probabilities: the P.V depth stops
+    // there, in whole depth steps of the tiles.
+    const Index depth = std::min(k1, keys.end(position(row_end - 1))) - k0;
+    if constexpr (kSplitProducts) {
+      const Index steps = (depth + kAmxDepth - 1) / kAmxDepth * kAmxDepth;
+      pack_split_rows(scores, kKeyTile, first, end, steps, p_pairs, kKeyTile,
+                      rows_pad * kKeyTile);
+      pack_split_value_pairs(tile.v, std::min(depth, tile.count), steps, dv, v_pairs,
+                             kKeyTile * dv);
+      rescale_rows(scratch.rescale.data(), first, end, dv, scratch.o.data(), dv_pad);
+      amx_split_product(p_pairs, rows_pad * kKeyTile, kKeyTile, v_pairs, kKeyTile * dv,
+                        2 * dv, steps, dv, packet_first, packet_end, scratch.o.data(), dv_pad,
+                        true, prefetcher);
+      if (prefetcher != nullptr) prefetcher->finish();
+    } else {
+      pack_probability_rows<kKeyTile>(scores, first, end, p_pairs);
+      pack_value_pairs(tile.v, depth, dv, v_pairs);
+      std::fill(v_pairs + (depth + 1) / 2 * 2 * dv, v_pairs + kKeyTile * dv, Bf16Bits{0});
+      amx_output<kKeyTile>(p_pairs, v_pairs, dv, packet_first, packet_end,
+                           scratch.rescale.data(), scratch.o.data(), dv_pad);
+    }
+  }
+
+  /// The key-major tile by the FMA micro-kernel: S^T = K.Q^T (both sides of ReRoPE's window where
+  /// the tile straddles it), the softmax, then O = diag(rescale) O + P.V.
+  void fma_tile(const TileRows<Element>& tile, const TileKeys& span, const KeyMajorRows& at) {
+    const Index k0 = span.k0;
+    const Index k1 = span.k1;
+    const Index row_first = at.row_first;
+    const Index row_end = at.row_end;
+    const Index packet_first = at.packet_first;
+    const Index packet_end = at.packet_end;
+    LinePrefetcher* const prefetcher = at.prefetcher;
+    const Index pv_depth = at.pv_depth;
+    float* scores = scratch.scores.data();
+    const float* k_rows = nullptr;  // the K rows as f32, when unrotated
     if (rerope == nullptr) {
       k_rows = packed_k_rows(tile, dk, source.k_row_stride(), source.k_dim_stride(),
                              scratch.k.data());
@@ -998,12 +636,12 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
         // Rows past inside_end take every key from beyond the window, also those whose packets
         // the inside product did not compute.
         if (inside) {
-          take_beyond_window(beyond_first, std::min(rows_pad, packet_end * kPacketSize),
+          take_beyond_window(span, beyond_first, std::min(rows_pad, packet_end * kPacketSize),
                              beyond_scores, scores, 1, rows_pad);
         }
       }
     }
-    softmax_key_major(scores);
+    softmax_key_major(tile, span, at, scores);
 
     // O = diag(rescale) O + P.V, panels of V columns outermost so each stays in L1 while every
     // block of rows uses it; P is read key-major.
@@ -1026,7 +664,7 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
     const auto panel = [&](Index col, auto packets_tag) {
       constexpr int kPackets = decltype(packets_tag)::value;
       for_each_row_block(row_first, row_end, [&](Index r0, Index block_rows) {
-        const auto [block_first, block_end] = block_keys(r0, block_rows);
+        const auto [block_first, block_end] = block_keys(span, r0, block_rows);
         if (block_first >= block_end) return;  // the whole block is masked in this tile
         dispatch_rows(block_rows, [&](auto rows_tag) {
           micro_kernel<decltype(rows_tag)::value, kPackets, Accumulate::kRescaleAndAdd>(
@@ -1043,34 +681,34 @@ void attend_work_item(const TensorView<const QT>& q, const Source& source,
     if (prefetcher != nullptr) prefetcher->finish();
   }
 
-  if constexpr (kTileProducts) {
-    if (shape.amx_tiles) release_amx_tiles();
-  }
-  // O / l and LSE = m + log l; a row without visible keys (l = 0) gives zeros and -inf. The bf16
-  // pair products leave O^T, transposed back into the (then unused) Q scratch first.
-  const float* o = scratch.o.data();
-  if (shape.bf16_pairs) {
-    pack_transposed(dv_pad, rows_pad, [&](Index d) { return o + d * rows_pad; }, 1, 1.0f, dv_pad,
-                    scratch.q.data());
-    o = scratch.q.data();
-  }
-  for (Index r = 0; r < rows; ++r) {
-    const Index i = i0 + r / group, head = kv_head * group + r % group;
-    const float l = scratch.row_sum[r];
-    const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
-    const float lse = l > 0.0f ? scratch.row_max[r] + std::log(l) : kNegInf;
-    const float* o_row = o + r * dv_pad;
-    if (sink.partial_out != nullptr) {
-      float* partial = sink.partial_out + r * dv;
-      for (Index d = 0; d < dv; ++d) partial[d] = o_row[d] * inv_l;
-      sink.partial_lse[r] = lse;
-      continue;
+  /// Writes O / l and LSE = m + log l of every row to `out` (or to `sink`'s partial results); a
+  /// row without visible keys (l = 0) gives zeros and -inf.
+  void write_rows(const TensorView<float>& out, const RowSink& sink) const {
+    // The bf16 pair products leave O^T, transposed back into the (then unused) Q scratch first.
+    const float* o = scratch.o.data();
+    if (shape.bf16_pairs) {
+      pack_transposed(dv_pad, rows_pad, [&](Index d) { return o + d * rows_pad; }, 1, 1.0f, dv_pad,
+                      scratch.q.data());
+      o = scratch.q.data();
     }
-    float* out_row = out.row(b, i, head);
-    for (Index d = 0; d < dv; ++d) out_row[d * out.dim_stride] = o_row[d] * inv_l;
-    if (!options.lse.empty()) options.lse(b, head, i) = lse;
+    for (Index r = 0; r < rows; ++r) {
+      const Index i = i0 + r / group, head = kv_head * group + r % group;
+      const float l = scratch.row_sum[r];
+      const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
+      const float lse = l > 0.0f ? scratch.row_max[r] + std::log(l) : kNegInf;
+      const float* o_row = o + r * dv_pad;
+      if (sink.partial_out != nullptr) {
+        float* partial = sink.partial_out + r * dv;
+        for (Index d = 0; d < dv; ++d) partial[d] = o_row[d] * inv_l;
+        sink.partial_lse[r] = lse;
+        continue;
+      }
+      float* out_row = out.row(b, i, head);
+      for (Index d = 0; d < dv; ++d) out_row[d * out.dim_stride] = o_row[d] * inv_l;
+      if (!options.lse.empty()) options.lse(b, head, i) = lse;
+    }
   }
-}
+};
 
 /// Splits the call into work items (block of query positions, sequence, kv head, key split) and
 /// runs them in parallel, the items with the most keys first so the causal triangle balances
@@ -1108,8 +746,9 @@ void attend_tiled(const TensorView<const QT>& q, const Source& source,
       sink.partial_out = partial_out.data() + item * rows * dv;
       sink.partial_lse = partial_lse.data() + item * rows;
     }
-    attend_work_item<kDk, kDv>(q, source, out, options, scale, shape, b, kv_head, i0, i1, split,
-                               sink, scratch[static_cast<size_t>(thread)]);
+    WorkItem<kDk, kDv, QT, Source>{q, source, options, scale, shape, b, kv_head, i0, i1,
+                                   scratch[static_cast<size_t>(thread)]}
+        .run(split, out, sink);
   });
   if (shape.num_splits == 1) return;
 

@@ -47,10 +47,10 @@ namespace detail {
 /// AVX2/F16C where available, a scalar conversion otherwise. The int8 scale is applied by callers.
 template <class T>
 EIGEN_ALWAYS_INLINE Eigen::internal::packet_traits<float>::type load_packet(const T* src) {
-  using Packet = Eigen::internal::packet_traits<float>::type;
+  using FloatPacket = Eigen::internal::packet_traits<float>::type;
   constexpr int kSize = Eigen::internal::packet_traits<float>::size;
   if constexpr (std::is_same_v<T, float>) {
-    return Eigen::internal::ploadu<Packet>(src);
+    return Eigen::internal::ploadu<FloatPacket>(src);
   }
 #if defined(__AVX512F__)
   if constexpr (kSize == 16 && std::is_same_v<T, Eigen::bfloat16>) {
@@ -83,7 +83,7 @@ EIGEN_ALWAYS_INLINE Eigen::internal::packet_traits<float>::type load_packet(cons
   if constexpr (!std::is_same_v<T, float>) {
     alignas(64) float converted[kSize];
     for (int i = 0; i < kSize; ++i) converted[i] = static_cast<float>(src[i]);
-    return Eigen::internal::pload<Packet>(converted);
+    return Eigen::internal::pload<FloatPacket>(converted);
   }
 }
 

@@ -149,6 +149,9 @@ struct Lhs {
   }
 };
 
+/// Marks a head dim (and with it a row stride) that is only known at run time.
+inline constexpr int kDynamicDim = -1;
+
 /// An A operand of consecutive rows kRowStride floats apart, each contiguous. With the stride
 /// known at compile time, a register block's rows are one pointer plus constant offsets; with a
 /// run-time stride each row would hold a register of its own, more than x86-64 has to spare.
