@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "expect_error.hpp"
+#include "headroom/attention/cost.hpp"
 #include "headroom/attention/merge.hpp"
 #include "reference.hpp"
 #include "tile_products.hpp"
@@ -451,6 +453,53 @@ TEST_P(AttendTest, BadArgumentsThrowErrorsNamingThem) {
   bad_lse.lse = LseView::bhs(lse.data(), 2, 6, 3);
   expect_rejected(q.view, k.view, v.view, out.view, bad_lse,
                   "lse is [2, 6, 3] but must be [batch 2, heads 6, q_len 4]");
+}
+
+TEST(AttendLimitsTest, BroadcastKeysOfAnyLengthWithShortKvLensAreSafe) {
+  // Regression: the split count rounded kv_len up to whole tiles and overflowed for a broadcast
+  // (seq_stride 0) view of INT64_MAX keys, of which kv_lens lets one be read.
+  const std::vector<float> q = {1}, k = {1}, v = {3};
+  std::vector<float> out(1);
+  const Index keys = std::numeric_limits<Index>::max();
+  const TensorView<const float> k_view{k.data(), 1, keys, 1, 1, 0, 0, 0, 1};
+  const TensorView<const float> v_view{v.data(), 1, keys, 1, 1, 0, 0, 0, 1};
+  AttentionOptions options;
+  options.kv_lens = {1};
+  attend(TensorView<const float>::bshd(q.data(), 1, 1, 1, 1), k_view, v_view,
+         TensorView<float>::bshd(out.data(), 1, 1, 1, 1), options);
+  EXPECT_EQ(out, v);  // one key: its value, exactly
+}
+
+TEST(MergeTest, RejectsAnLseOutputWhoseRowsAlias) {
+  // Regression: merge_attention checked `out` for aliasing rows but not `lse`.
+  const std::vector<float> a = {1, 2}, b = {3, 4}, lse_a = {0, 5}, lse_b = {0, 1};
+  std::vector<float> out(2), lse(2, -1.0f);
+  const LseView aliased{lse.data(), 1, 1, 2, 2, 2, 0};  // seq_stride 0 over 2 rows
+  headroom::testing::expect_error(
+      [&] {
+        merge_attention(TensorView<const float>::bshd(a.data(), 1, 2, 1, 1),
+                        LseView::bhs(const_cast<float*>(lse_a.data()), 1, 1, 2),
+                        TensorView<const float>::bshd(b.data(), 1, 2, 1, 1),
+                        LseView::bhs(const_cast<float*>(lse_b.data()), 1, 1, 2),
+                        TensorView<float>::bshd(out.data(), 1, 2, 1, 1), aliased);
+      },
+      "headroom::merge_attention: lse has a zero stride on an axis longer than one");
+  EXPECT_EQ(lse, std::vector<float>(2, -1.0f));
+}
+
+TEST(CostTest, VisiblePairsCountEveryMaskAndRejectBadArguments) {
+  EXPECT_EQ(visible_pairs(Mask::none(), 3, 5), 15.0);
+  EXPECT_EQ(visible_pairs(Mask::causal(), 4, 4), 10.0);                // 1 + 2 + 3 + 4
+  EXPECT_EQ(visible_pairs(Mask::sliding_window(2), 4, 4), 7.0);        // 1 + 2 + 2 + 2
+  EXPECT_EQ(visible_pairs(Mask::causal(), 3, 1), 1.0);                 // two queries before key 0
+  EXPECT_EQ(visible_pairs(Mask::sliding_window(std::numeric_limits<Index>::max()), 4, 4), 10.0);
+  EXPECT_EQ(attention_flops(1, 2, 4, 4, 8, 4, Mask::causal()), 2.0 * 12 * 10 * 2);
+  using headroom::testing::expect_error;
+  // Regression: a negative window overflowed pos - window + 1.
+  expect_error([] { visible_pairs(Mask::sliding_window(std::numeric_limits<Index>::min()), 1, 1); },
+               "headroom::visible_pairs: mask.window (-9223372036854775808) must be >= 1");
+  expect_error([] { visible_pairs(Mask::causal(), -1, 1); }, "q_len (-1) is negative");
+  expect_error([] { visible_pairs(Mask::causal(), 1, -1); }, "kv_len (-1) is negative");
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <utility>
@@ -409,6 +410,26 @@ TEST(PagedKvCacheTest, RejectedCallsLeaveTheCacheUnchanged) {
     attend(TensorView<const float>::bshd(q_data.data(), 1, 1, 1, dim), short_view,
            TensorView<float>::bshd(out.data(), 1, 1, 1, dim));
   }, "sequence 0 has length 6 but its block table holds 1 blocks of 4 tokens");
+  // Regressions: the blocks a length needs were counted before its sign was checked, and
+  // rounding the largest length up to whole blocks overflowed.
+  for (const auto& [length, message] :
+       {std::pair<Index, const char*>{-1, "lengths[0] (-1) is negative"},
+        {std::numeric_limits<Index>::max(),
+         "sequence 0 has length 9223372036854775807 but its block table holds 1 blocks"}}) {
+    PagedKvView<Eigen::bfloat16> lying_view(cache, {{0}}, {length});
+    expect_error([&] {
+      attend(TensorView<const float>::bshd(q_data.data(), 1, 1, 1, dim), lying_view,
+             TensorView<float>::bshd(out.data(), 1, 1, 1, dim));
+    }, message);
+  }
+  // More tokens than the whole pool holds are refused before any block is counted.
+  const Index many = 100;
+  const std::vector<float> rows(static_cast<size_t>(many * dim), 0.5f);
+  const auto many_rows = TensorView<const float>::bshd(rows.data(), 1, many, 1, dim);
+  expect_error([&] { cache.append(a, many_rows, many_rows); },
+               "appending 100 tokens exceeds the pool's 12 tokens (3 blocks of 4)");
+  EXPECT_EQ(cache.length(a), 9);
+  EXPECT_EQ(cache.block_table(a), table);
 }
 
 TEST(KvCacheTest, Int8QuantisesRowsNearTheSmallestFloats) {
@@ -434,8 +455,30 @@ TEST(KvCacheTest, HalfCacheRejectsValuesBeyondItsRange) {
   EXPECT_EQ(cache.length(0), 0);
 }
 
+TEST(KvCacheTest, BfloatCacheRejectsValuesItWouldRoundToInfinity) {
+  // Regression: bf16 keeps f32's exponent range but rounds 3.3961e38 and up to inf, which the
+  // cache stored, and attention then returned NaN.
+  KvCache<Eigen::bfloat16> cache(KvCacheConfig{1, 2, 2, 1, 4, false});
+  const float largest = static_cast<float>(Eigen::NumTraits<Eigen::bfloat16>::highest());
+  const float row[2] = {largest, std::numeric_limits<float>::max()};
+  const auto view = TensorView<const float>::bshd(row, 1, 1, 1, 2);
+  expect_error([&] { cache.append(0, view, view); },
+               "k[0, 0, 0, 1] (3.40282e+38) is outside the range of the bf16 cache");
+  EXPECT_EQ(cache.length(0), 0);
+  const float fits[2] = {largest, -largest};
+  const auto fits_view = TensorView<const float>::bshd(fits, 1, 1, 1, 2);
+  cache.append(0, fits_view, fits_view);
+  EXPECT_EQ(static_cast<float>(cache.view({0}).k_row(0, 0, 0)[1]), -largest);
+}
+
 TEST(KvCacheTest, SizesThatOverflowAreRejected) {
   expect_error([&] { KvCache<float>(KvCacheConfig{1, 16, 16, 2, Index{1} << 59, false}); },
+               "is too large to address");
+  // Regression: heads x dims overflowed before they were checked.
+  expect_error([&] { KvCache<float>(KvCacheConfig{Index{1} << 40, Index{1} << 30, 16, 1, 1, false}); },
+               "is too large to address");
+  const Index most = std::numeric_limits<Index>::max();
+  expect_error([&] { KvCache<float>(KvCacheConfig{1, most, most, 1, 1, false}); },
                "is too large to address");
   expect_error([&] { PagedKvCache<float>(PagedKvCacheConfig{1, 16, 16, Index{1} << 40, 1 << 30}); },
                "overflows");

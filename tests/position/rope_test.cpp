@@ -528,6 +528,61 @@ TEST(RopeTest, QAndKTogetherMatchSeparateCalls) {
   EXPECT_EQ(k3, k4);
 }
 
+TEST(RopeTest, FusedQkvViewsRotateAsSeparateBuffersAndOverlapsAreRejected) {
+  std::mt19937 rng(12);
+  const Index batch = 2, seq = 3, num_heads = 4, num_kv_heads = 2, head_dim = 8;
+  const RopeTable table(make_config(head_dim, 0, RopeLayout::kRotateHalf, RopeScaling::none(), 16));
+  // One [batch, seq, num_heads + 2 * num_kv_heads, head_dim] buffer, as a fused QKV projection
+  // leaves it: q and k interleave token by token but share no element.
+  const Index width = (num_heads + 2 * num_kv_heads) * head_dim;
+  const std::vector<float> fused_source = random_floats(batch * seq * width, rng);
+  std::vector<float> fused = fused_source;
+  const TensorView<float> q{fused.data(), batch, seq, num_heads, head_dim, seq * width, width,
+                            head_dim, 1};
+  TensorView<float> k = q;
+  k.data = fused.data() + num_heads * head_dim;
+  k.heads = num_kv_heads;
+  apply_rope(table, q, k, 2);
+  std::vector<float> separate = fused_source;
+  TensorView<float> q_alone = q, k_alone = k;
+  q_alone.data = separate.data();
+  k_alone.data = separate.data() + num_heads * head_dim;
+  apply_rope(table, q_alone, 2);
+  apply_rope(table, k_alone, 2);
+  EXPECT_EQ(fused, separate);
+  // Regression: only equal data pointers were refused. A k that starts one head later than q's
+  // last head of the same token holds that head: it would be rotated twice.
+  TensorView<float> overlapping = k;
+  overlapping.data = fused.data() + (num_heads - 1) * head_dim;
+  expect_error([&] { apply_rope(table, q, overlapping, 0); },
+               "headroom::apply_rope: q and k share elements");
+  // Rows that interleave element by element (dim stride 2, offset 1) share nothing; offset 2 does.
+  std::vector<float> pairs(static_cast<size_t>(2 * head_dim * seq + 2));
+  const TensorView<float> evens{pairs.data(), 1, seq, 1, head_dim, 0, 2 * head_dim, 0, 2};
+  TensorView<float> odds = evens;
+  odds.data = pairs.data() + 1;
+  EXPECT_NO_THROW(apply_rope(table, evens, odds, 0));
+  TensorView<float> shifted = evens;
+  shifted.data = pairs.data() + 2;
+  expect_error([&] { apply_rope(table, evens, shifted, 0); }, "q and k share elements");
+}
+
+TEST(RopeTest, TableRowsOutsideItsPositionsAndHugeTablesAreRejected) {
+  const RopeTable table(make_config(8, 0, RopeLayout::kRotateHalf, RopeScaling::none(), 16));
+  EXPECT_EQ(table.sin(15), table.cos(15) + 4);
+  expect_error([&] { static_cast<void>(table.cos(16)); },
+               "headroom::RopeTable::cos: pos (16) is outside [0, 16)");
+  expect_error([&] { static_cast<void>(table.sin(-1)); },
+               "headroom::RopeTable::sin: pos (-1) is outside [0, 16)");
+  // Regression: a table no vector can hold threw std::length_error, not headroom::Error.
+  expect_error(
+      [&] {
+        RopeTable huge(make_config(128, 0, RopeLayout::kRotateHalf, RopeScaling::none(),
+                                   std::numeric_limits<Index>::max() / 256));
+      },
+      "floats are more than a table can hold");
+}
+
 TEST(RopeTest, EmptyInputsAreNoOps) {
   const RopeTable table(make_config(8, 0, RopeLayout::kRotateHalf, RopeScaling::none(), 4));
   float unused[8] = {};
@@ -563,7 +618,7 @@ TEST(RopeTest, InvalidConfigsThrowNamingTheArgument) {
   c = valid, c.max_positions = 0;
   expect_error(build(c), "headroom::RopeTable: max_positions (0) must be positive");
   c = valid, c.max_positions = std::numeric_limits<Index>::max() / 4;
-  expect_error(build(c), "overflows Index");
+  expect_error(build(c), "floats are more than a table can hold");
   expect_error(build(valid, -1), "headroom::RopeTable: seq_len (-1) is negative");
   c = valid, c.scaling.kind = static_cast<Kind>(42);
   expect_error(build(c), "headroom::RopeTable: scaling.kind (42) is not a RopeScaling::Kind");
@@ -674,7 +729,7 @@ TEST(RopeTest, RejectedApplyLeavesInputUnchanged) {
   expect_rejected([&] { apply_rope(table, x_view, k_short, 0); },
                   "headroom::apply_rope: k [batch, seq] ([2, 2]) does not match q ([2, 3])");
   expect_rejected([&] { apply_rope(table, x_view, x_view, 0); },
-                  "headroom::apply_rope: q.data and k.data are the same pointer");
+                  "headroom::apply_rope: q and k share elements");
   positions = {0, 1, 2, 3, 4, 99};
   std::vector<float> k_full(batch * seq * head_dim, 1.0f);
   expect_rejected(

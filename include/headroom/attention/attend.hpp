@@ -833,16 +833,7 @@ TileShape validate_attend(const TensorView<const QT>& q, const Source& kv,
                  ") must be >= 0 (0 means the default)");
   HEADROOM_CHECK(options.kv_splits >= 0, kWhere, "kv_splits (", options.kv_splits,
                  ") must be >= 0 (0 means automatic)");
-  if (!options.lse.empty()) {
-    const LseView& lse = options.lse;
-    HEADROOM_CHECK(lse.batch == q.batch && lse.heads == q.heads && lse.seq == q.seq, kWhere,
-                   "lse is [", lse.batch, ", ", lse.heads, ", ", lse.seq, "] but must be [batch ",
-                   q.batch, ", heads ", q.heads, ", q_len ", q.seq, "]");
-    HEADROOM_CHECK((lse.batch <= 1 || lse.batch_stride != 0) &&
-                       (lse.heads <= 1 || lse.head_stride != 0) &&
-                       (lse.seq <= 1 || lse.seq_stride != 0),
-                   kWhere, "lse has a zero stride on an axis longer than one; outputs must not alias");
-  }
+  check_lse_output(options.lse, kWhere, "lse", q.batch, q.heads, q.seq);
   if (options.rerope != nullptr) {
     const RopeTable& table = options.rerope->table();
     HEADROOM_CHECK(options.mask.kind != MaskKind::kNone, kWhere,
@@ -879,7 +870,8 @@ TileShape validate_attend(const TensorView<const QT>& q, const Source& kv,
   shape.tiles_per_sequence = (q.seq + shape.positions_per_item - 1) / shape.positions_per_item;
   const Index groups =
       std::max<Index>(1, shape.batch * shape.num_kv_heads * shape.tiles_per_sequence);
-  const Index max_splits = std::max<Index>(1, (shape.kv_len + kKeyTile - 1) / kKeyTile);
+  const Index max_splits =
+      std::max<Index>(1, shape.kv_len / kKeyTile + (shape.kv_len % kKeyTile != 0 ? 1 : 0));
   if (options.kv_splits > 0) {
     shape.num_splits = std::min(options.kv_splits, max_splits);  // more would all be empty
   } else if (groups >= kSplitBelowItems) {

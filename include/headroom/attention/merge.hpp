@@ -63,7 +63,10 @@ inline void merge_attention(TensorView<const float> out_a, const LseView& lse_a,
     HEADROOM_CHECK(same_shape(view, out_a), kWhere, lse_names[i], " is [", view.batch, ", ",
                    view.heads, ", ", view.seq, "] but must be [", out_a.batch, ", ", out_a.heads,
                    ", ", out_a.seq, "]");
+    HEADROOM_CHECK(detail::lse_is_addressable(view), kWhere, lse_names[i],
+                   " has a larger extent than an Index holds");
   }
+  detail::check_lse_output(lse, kWhere, "lse", out.batch, out.heads, out.seq);
   for (Index b = 0; b < out.batch; ++b) {
     for (Index i = 0; i < out.seq; ++i) {
       for (Index h = 0; h < out.heads; ++h) {

@@ -78,6 +78,8 @@ class KvCacheView : public detail::KvRowsSource<T, KvCacheView<T>> {
 template <class T>
 class KvCache {
  public:
+  using Element = T;  // as stored
+
   explicit KvCache(const KvCacheConfig& config) : config_(validated(config)) {
     rows_ = detail::KvRows<T>(config_.num_sequences * config_.capacity, config_.capacity,
                               config_.num_kv_heads, config_.head_dim_k, config_.head_dim_v,

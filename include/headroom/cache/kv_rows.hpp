@@ -176,6 +176,24 @@ class KvRowsSource {
 
 /// Checks the k and v tensors of an append against a cache's heads and dims, and for int8 that
 /// every value is finite (a quantisation scale of inf or NaN would poison the whole row). `v` is
+
+/// Returns the largest magnitude a cache of T stores as itself: int8 rows need a finite scale,
+/// and f16 and bf16 turn anything beyond their range into inf (bf16 from 3.3961e38 on, which f32
+/// holds). Either would change the answer silently, so appends refuse larger values (and NaN)
+/// before anything is written.
+template <class T>
+float storable_limit() {
+  if constexpr (std::is_same_v<T, float> || kHasScale<T>) return std::numeric_limits<float>::max();
+  return static_cast<float>(Eigen::NumTraits<T>::highest());
+}
+
+/// Returns whether `value` may be appended to a cache of T (see storable_limit); f32 caches
+/// store anything.
+template <class T>
+bool is_storable(float value) {
+  return std::is_same_v<T, float> || std::abs(value) <= storable_limit<T>();
+}
+
 /// null for a cache whose values live in its keys (values_in_keys), which takes keys alone.
 template <class T>
 void check_append_tensors(const char* where, const TensorView<const float>& k,
@@ -199,11 +217,7 @@ void check_append_tensors(const char* where, const TensorView<const float>& k,
     HEADROOM_CHECK(v->dim == head_dim_v, where, "v.dim (", v->dim,
                    ") differs from the cache's head_dim_v (", head_dim_v, ")");
   }
-  // int8 rows need a finite scale; f16 turns anything beyond its range into inf. Either would
-  // change the answer silently, so such values are refused before anything is written.
-  if constexpr (kHasScale<T> || std::is_same_v<T, Eigen::half>) {
-    constexpr float kLimit =
-        kHasScale<T> ? std::numeric_limits<float>::max() : 65504.0f;  // largest finite f16
+  if constexpr (!std::is_same_v<T, float>) {
     for (const TensorView<const float>* x : {&k, v}) {
       if (x == nullptr) continue;
       for (Index b = 0; b < x->batch; ++b) {
@@ -211,9 +225,9 @@ void check_append_tensors(const char* where, const TensorView<const float>& k,
           for (Index h = 0; h < x->heads; ++h) {
             for (Index d = 0; d < x->dim; ++d) {
               const float value = (*x)(b, s, h, d);
-              HEADROOM_CHECK(std::abs(value) <= kLimit, where, x == &k ? "k" : "v", "[", b, ", ",
-                             s, ", ", h, ", ", d, "] (", value, ") is outside the range of the ",
-                             element_name<T>(), " cache (|x| <= ", kLimit, ")");
+              HEADROOM_CHECK(is_storable<T>(value), where, x == &k ? "k" : "v", "[", b, ", ", s,
+                             ", ", h, ", ", d, "] (", value, ") is outside the range of the ",
+                             element_name<T>(), " cache (|x| <= ", storable_limit<T>(), ")");
             }
           }
         }
@@ -256,9 +270,11 @@ void check_cache_layout(const char* where, Index num_kv_heads, Index head_dim_k,
   HEADROOM_CHECK(size > 0, where, size_name, " (", size, ") must be positive");
   HEADROOM_CHECK(size <= std::numeric_limits<Index>::max() / count, where, count_name, " (",
                  count, ") x ", size_name, " (", size, ") overflows");
+  // Each factor is bounded before it is multiplied, so no check itself overflows.
   const Index limit = std::numeric_limits<Index>::max() / static_cast<Index>(sizeof(T)) / 4;
-  const Index per_row = num_kv_heads * (head_dim_k + head_dim_v);
-  HEADROOM_CHECK(num_kv_heads <= limit / (head_dim_k + head_dim_v) && count * size <= limit / per_row,
+  const bool dims_fit = head_dim_k <= limit && head_dim_v <= limit - head_dim_k &&
+                        num_kv_heads <= limit / (head_dim_k + head_dim_v);
+  HEADROOM_CHECK(dims_fit && count * size <= limit / (num_kv_heads * (head_dim_k + head_dim_v)),
                  where, count_name, " x ", size_name, " (", count * size, " tokens of ",
                  num_kv_heads, " heads x ", head_dim_k, "+", head_dim_v,
                  " dims) is too large to address");

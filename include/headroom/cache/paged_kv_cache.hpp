@@ -60,8 +60,10 @@ class PagedKvView : public detail::KvRowsSource<T, PagedKvView<T>> {
                    " entries but there are ", tables_.size(), " block tables");
     const Index block_size = cache_->config().block_size;
     for (size_t b = 0; b < tables_.size(); ++b) {
-      const Index needed = (lengths_[b] + block_size - 1) / block_size;
-      HEADROOM_CHECK(lengths_[b] >= 0 && static_cast<Index>(tables_[b].size()) >= needed, where,
+      HEADROOM_CHECK(lengths_[b] >= 0, where, "lengths[", b, "] (", lengths_[b],
+                     ") is negative");
+      const Index needed = lengths_[b] / block_size + (lengths_[b] % block_size != 0 ? 1 : 0);
+      HEADROOM_CHECK(static_cast<Index>(tables_[b].size()) >= needed, where,
                      "sequence ", b, " has length ", lengths_[b], " but its block table holds ",
                      tables_[b].size(), " blocks of ", block_size, " tokens");
       for (size_t i = 0; i < tables_[b].size(); ++i) {
@@ -93,6 +95,8 @@ class PagedKvView : public detail::KvRowsSource<T, PagedKvView<T>> {
 template <class T>
 class PagedKvCache {
  public:
+  using Element = T;  // as stored
+
   explicit PagedKvCache(const PagedKvCacheConfig& config) : config_(validated(config)) {
     rows_ = detail::KvRows<T>(config_.num_blocks * config_.block_size, config_.block_size,
                               config_.num_kv_heads, config_.head_dim_k, config_.head_dim_v,
@@ -219,6 +223,12 @@ class PagedKvCache {
     detail::check_sequence_ids(kWhere, sequence_ids, [&](Index id) { return has_sequence(id); });
     detail::check_append_tensors<T>(kWhere, k, v, static_cast<Index>(sequence_ids.size()),
                                     config_.num_kv_heads, config_.head_dim_k, config_.head_dim_v);
+    // No sequence holds more tokens than the pool (whose size check_cache_layout bounded), so
+    // this also keeps the sums in blocks_needed_for from overflowing.
+    const Index pool_tokens = config_.num_blocks * config_.block_size;
+    HEADROOM_CHECK(k.seq <= pool_tokens, kWhere, "appending ", k.seq,
+                   " tokens exceeds the pool's ", pool_tokens, " tokens (", config_.num_blocks,
+                   " blocks of ", config_.block_size, ")");
     const Index blocks_needed = blocks_needed_for(sequence_ids, k.seq);
     HEADROOM_CHECK(blocks_needed <= static_cast<Index>(free_.size()), kWhere, "appending ",
                    k.seq, " tokens to ", sequence_ids.size(), " sequences needs ", blocks_needed,

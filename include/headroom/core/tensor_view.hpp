@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <limits>
 #include <type_traits>
 
 #include "headroom/core/error.hpp"
@@ -65,6 +66,46 @@ struct LseView {
 
 namespace detail {
 
+/// Returns whether a * b overflows Index; otherwise stores it in *product.
+inline bool multiply_overflows(Index a, Index b, Index* product) {
+#if defined(__GNUC__) || defined(__clang__)
+  return __builtin_mul_overflow(a, b, product);
+#else
+  const long double exact = static_cast<long double>(a) * static_cast<long double>(b);
+  if (exact > static_cast<long double>(std::numeric_limits<Index>::max()) ||
+      exact < static_cast<long double>(std::numeric_limits<Index>::min())) {
+    return true;
+  }
+  *product = a * b;
+  return false;
+#endif
+}
+
+/// Returns whether the elements of a view of these sizes (non-negative) and strides can be
+/// counted, and addressed from its first element, without overflowing Index: every offset
+/// b * batch_stride + s * seq_stride + h * head_stride + d * dim_stride, and each of its partial
+/// sums, then lies between the sum of the negative and the sum of the positive extents.
+inline bool view_is_addressable(const Index (&sizes)[4], const Index (&strides)[4]) {
+  constexpr Index kMax = std::numeric_limits<Index>::max();
+  Index count = 1, below = 0, above = 0;
+  for (int axis = 0; axis < 4; ++axis) {
+    if (multiply_overflows(count, sizes[axis], &count)) return false;
+  }
+  if (count == 0) return true;  // no element is ever addressed
+  for (int axis = 0; axis < 4; ++axis) {
+    Index extent = 0;
+    if (multiply_overflows(sizes[axis] - 1, strides[axis], &extent)) return false;
+    if (extent >= 0) {
+      if (extent > kMax - above) return false;
+      above += extent;
+    } else {
+      if (extent < -kMax - below) return false;
+      below += extent;
+    }
+  }
+  return true;
+}
+
 /// Checks sizes and the data pointer of a view named `name`; when `writable`, also that no two
 /// elements alias (a zero stride on an axis longer than one would make threads race).
 template <class T>
@@ -73,12 +114,15 @@ void check_view(const TensorView<T>& view, const char* where, const char* name, 
   HEADROOM_CHECK(view.seq >= 0, where, name, ".seq (", view.seq, ") is negative");
   HEADROOM_CHECK(view.heads > 0, where, name, ".heads (", view.heads, ") must be positive");
   HEADROOM_CHECK(view.dim > 0, where, name, ".dim (", view.dim, ") must be positive");
+  const Index sizes[] = {view.batch, view.seq, view.heads, view.dim};
+  const Index strides[] = {view.batch_stride, view.seq_stride, view.head_stride, view.dim_stride};
+  HEADROOM_CHECK(view_is_addressable(sizes, strides), where, name, " [", view.batch, ", ",
+                 view.seq, ", ", view.heads, ", ", view.dim, "] with strides [",
+                 view.batch_stride, ", ", view.seq_stride, ", ", view.head_stride, ", ",
+                 view.dim_stride, "] has more elements or a larger extent than an Index holds");
   HEADROOM_CHECK(view.data != nullptr || view.size() == 0, where, name,
                  ".data is null but the view has ", view.size(), " elements");
   if (writable) {
-    const Index sizes[] = {view.batch, view.seq, view.heads, view.dim};
-    const Index strides[] = {view.batch_stride, view.seq_stride, view.head_stride,
-                             view.dim_stride};
     const char* axes[] = {"batch", "seq", "head", "dim"};
     for (int axis = 0; axis < 4; ++axis) {
       HEADROOM_CHECK(sizes[axis] <= 1 || strides[axis] != 0, where, name, ".", axes[axis],
@@ -86,6 +130,28 @@ void check_view(const TensorView<T>& view, const char* where, const char* name, 
                      "; outputs must not alias");
     }
   }
+}
+
+/// Returns whether every value of an LSE view is addressed without overflowing Index.
+inline bool lse_is_addressable(const LseView& lse) {
+  const Index sizes[] = {lse.batch, lse.heads, lse.seq, 1};
+  const Index strides[] = {lse.batch_stride, lse.head_stride, lse.seq_stride, 0};
+  return lse.batch >= 0 && lse.heads >= 0 && lse.seq >= 0 && view_is_addressable(sizes, strides);
+}
+
+/// Checks an LSE view named `name` that a call writes, if given (not empty): its shape
+/// [batch, heads, seq], that it can be addressed, and that no two of its values alias.
+inline void check_lse_output(const LseView& lse, const char* where, const char* name, Index batch,
+                             Index heads, Index seq) {
+  if (lse.empty()) return;
+  HEADROOM_CHECK(lse.batch == batch && lse.heads == heads && lse.seq == seq, where, name, " is [",
+                 lse.batch, ", ", lse.heads, ", ", lse.seq, "] but must be [batch ", batch,
+                 ", heads ", heads, ", q_len ", seq, "]");
+  HEADROOM_CHECK(lse_is_addressable(lse), where, name, " has a larger extent than an Index holds");
+  HEADROOM_CHECK((lse.batch <= 1 || lse.batch_stride != 0) &&
+                     (lse.heads <= 1 || lse.head_stride != 0) &&
+                     (lse.seq <= 1 || lse.seq_stride != 0),
+                 where, name, " has a zero stride on an axis longer than one; outputs must not alias");
 }
 
 }  // namespace detail

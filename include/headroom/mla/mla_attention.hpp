@@ -284,6 +284,17 @@ class MlaAttention {
                detail::rows_view(latent.data() + rank, batch, q_len, 1, rope, latent_dim, latent_dim),
                positions);
 
+    // A latent the cache cannot store (NaN or beyond the range of f16, bf16 or int8) comes from
+    // `hidden`: said so here, rather than by the cache of a tensor the caller never passed.
+    using Element = typename Cache::Element;
+    for (Index t = 0; t < tokens; ++t) {
+      for (Index d = 0; d < latent_dim; ++d) {
+        HEADROOM_CHECK(detail::is_storable<Element>(latent(t, d)), kWhere, "hidden[", t / q_len,
+                       ", ", t % q_len, "] gives a latent whose element ", d, " (", latent(t, d),
+                       ") is outside the range of the ", element_name<Element>(),
+                       " cache (|x| <= ", detail::storable_limit<Element>(), ")");
+      }
+    }
     // The only state change: all or nothing (capacity, pool, f16 / int8 range checked first).
     cache.append(ids, detail::rows_view<const float>(latent.data(), batch, q_len, 1, latent_dim,
                                                      latent_dim, latent_dim));

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <iterator>
 #include <limits>
 #include <optional>
 #include <vector>
@@ -193,9 +195,13 @@ inline Index check_rope_config(const RopeConfig& config, Index seq_len) {
                  ") must be a finite number > 1");
   HEADROOM_CHECK(config.max_positions > 0, kWhere, "max_positions (", config.max_positions,
                  ") must be positive");
-  HEADROOM_CHECK(config.max_positions <= std::numeric_limits<Index>::max() / rotary_dim, kWhere,
-                 "max_positions (", config.max_positions, ") times rotary_dim (", rotary_dim,
-                 ") overflows Index");
+  // The table holds max_positions x rotary_dim floats; a count no vector can hold is an argument
+  // error (an allocation that merely fails is std::bad_alloc, as anywhere else).
+  HEADROOM_CHECK(config.max_positions <= std::numeric_limits<Index>::max() / rotary_dim &&
+                     static_cast<std::size_t>(config.max_positions * rotary_dim) <=
+                         std::vector<float>().max_size(),
+                 kWhere, "max_positions (", config.max_positions, ") times rotary_dim (",
+                 rotary_dim, ") floats are more than a table can hold");
   HEADROOM_CHECK(seq_len >= 0, kWhere, "seq_len (", seq_len, ") is negative");
 
   const RopeScaling& scaling = config.scaling;
@@ -435,15 +441,20 @@ class RopeTable {
   /// Rotated q and k both carry it, so logits scale by its square.
   double attention_factor() const { return attention_factor_; }
 
-  /// Returns attention_factor * cos(pos * inv_freq[i]) for i in [0, rotary_dim / 2).
-  /// `pos` must lie in [0, max_positions) (unchecked in release builds).
+  /// Returns attention_factor * cos(pos * inv_freq[i]) for i in [0, rotary_dim / 2); throws
+  /// headroom::Error unless `pos` lies in [0, max_positions).
   const float* cos(Index pos) const {
-    HEADROOM_DASSERT(pos >= 0 && pos < config_.max_positions);
+    HEADROOM_CHECK(pos >= 0 && pos < config_.max_positions, "RopeTable::cos", "pos (", pos,
+                   ") is outside [0, ", config_.max_positions, "), the table's max_positions");
     return cos_sin_.data() + pos * rotary_dim_;
   }
-  /// Returns attention_factor * sin(pos * inv_freq[i]) for i in [0, rotary_dim / 2).
-  /// `pos` must lie in [0, max_positions) (unchecked in release builds).
-  const float* sin(Index pos) const { return cos(pos) + rotary_dim_ / 2; }
+  /// Returns attention_factor * sin(pos * inv_freq[i]) for i in [0, rotary_dim / 2); throws
+  /// headroom::Error unless `pos` lies in [0, max_positions).
+  const float* sin(Index pos) const {
+    HEADROOM_CHECK(pos >= 0 && pos < config_.max_positions, "RopeTable::sin", "pos (", pos,
+                   ") is outside [0, ", config_.max_positions, "), the table's max_positions");
+    return cos_sin_.data() + pos * rotary_dim_ + rotary_dim_ / 2;
+  }
 
  private:
   RopeConfig config_;
@@ -489,10 +500,77 @@ inline void check_position_ids(const RopeTable& table, const PositionView& posit
 }
 
 /// Checks that q and k do not start at the same element, which would rotate it twice.
+/// Returns floor(a / b) for b != 0.
+inline Index floor_div(Index a, Index b) {
+  return a / b - ((a % b != 0 && (a < 0) != (b < 0)) ? 1 : 0);
+}
+
+/// Returns whether views q and k (each checked by check_view) may share an element. Elements meet
+/// where q.data + sum_j i_j s_j == k.data + sum_j i'_j t_j with every index within its size: one
+/// linear equation in eight bounded integers, searched term by term from the largest stride down,
+/// each term taking only the values the remaining terms can still balance. Views in separate
+/// buffers fail the first bound; interleaved views of one buffer (q and k of a fused QKV
+/// projection) are told apart in a few dozen steps. Should the search ever grow past a bound, or
+/// a view span 2^58 elements or more, the answer is a conservative yes.
+inline bool views_may_share_elements(const TensorView<float>& q, const TensorView<float>& k) {
+  if (q.size() == 0 || k.size() == 0) return false;
+  constexpr Index kMaxSpan = Index{1} << 58;
+  struct Term {
+    Index stride, count;  // the values i * stride for i in [0, count)
+  };
+  // The stride of an axis of size 1 never counts (and may be anything): it is taken as 0. Longer
+  // axes have strides that check_view bounded, so negating them cannot overflow.
+  const auto axis = [](Index stride, Index count, Index sign) {
+    return Term{count > 1 ? sign * stride : 0, count};
+  };
+  Term terms[8] = {axis(q.batch_stride, q.batch, 1),  axis(q.seq_stride, q.seq, 1),
+                   axis(q.head_stride, q.heads, 1),   axis(q.dim_stride, q.dim, 1),
+                   axis(k.batch_stride, k.batch, -1), axis(k.seq_stride, k.seq, -1),
+                   axis(k.head_stride, k.heads, -1),  axis(k.dim_stride, k.dim, -1)};
+  for (const Term& t : terms) {
+    if (std::abs(t.stride) >= kMaxSpan / t.count) return true;
+  }
+  std::sort(std::begin(terms), std::end(terms), [](const Term& x, const Term& y) {
+    return std::abs(x.stride) > std::abs(y.stride);
+  });
+  // low[j], high[j]: the least and the greatest sum of terms j and after (under 2^61 in
+  // magnitude: eight terms of less than 2^58 each, so no difference below overflows).
+  Index low[9] = {}, high[9] = {};
+  for (int j = 7; j >= 0; --j) {
+    const Index extent = (terms[j].count - 1) * terms[j].stride;
+    low[j] = low[j + 1] + std::min<Index>(0, extent);
+    high[j] = high[j + 1] + std::max<Index>(0, extent);
+  }
+  // k.data - q.data in elements (a float view's data is aligned to its element).
+  const auto bytes = static_cast<std::intptr_t>(reinterpret_cast<std::uintptr_t>(k.data) -
+                                                reinterpret_cast<std::uintptr_t>(q.data));
+  const auto offset = static_cast<Index>(bytes / static_cast<std::intptr_t>(sizeof(float)));
+  Index steps = 0;
+  // Whether terms j and after can sum to `target`.
+  const auto solvable = [&](const auto& self, int j, Index target) -> bool {
+    if (target < low[j] || target > high[j]) return false;
+    if (j == 8) return true;  // low[8] == high[8] == 0 == target
+    if (++steps > (Index{1} << 16)) return true;
+    const Term& term = terms[j];
+    if (term.stride == 0) return self(self, j + 1, target);
+    // The i for which target - i * stride lies in [low[j + 1], high[j + 1]], within [0, count).
+    const Index a = target - high[j + 1], b = target - low[j + 1];  // i * stride in [a, b]
+    const Index first =
+        term.stride > 0 ? -floor_div(-a, term.stride) : -floor_div(-b, term.stride);
+    const Index last = term.stride > 0 ? floor_div(b, term.stride) : floor_div(a, term.stride);
+    for (Index i = std::max<Index>(first, 0); i <= std::min(last, term.count - 1); ++i) {
+      if (self(self, j + 1, target - i * term.stride)) return true;
+    }
+    return false;
+  };
+  return solvable(solvable, 0, offset);
+}
+
 inline void check_distinct(const TensorView<float>& q, const TensorView<float>& k,
                            const char* where) {
-  HEADROOM_CHECK(q.data != k.data || q.size() == 0 || k.size() == 0, where,
-                 "q.data and k.data are the same pointer; each element would be rotated twice");
+  HEADROOM_CHECK(!views_may_share_elements(q, k), where,
+                 "q and k share elements (q.data ", static_cast<const void*>(q.data), ", k.data ",
+                 static_cast<const void*>(k.data), "); each would be rotated twice");
 }
 
 /// Checks that positions start_pos .. start_pos + x.seq - 1 lie in the table.
