@@ -406,28 +406,18 @@ TYPED_TEST(MlaCacheTypedTest, PrefillThenDecodeEqualsOnePrefill) {
 TEST(MlaAttentionTest, HiddenStatesWhoseLatentTheCacheCannotStoreAreRejectedByName) {
   // Regression: the int8 cache refused the NaN latent itself, in a message naming
   // KvCache::append and a tensor k the caller never passed.
-  MlaConfig config;
-  config.hidden_size = 16;
-  config.num_attention_heads = 2;
-  config.q_lora_rank = 0;
-  config.kv_lora_rank = 8;
-  config.qk_nope_head_dim = 4;
-  config.qk_rope_head_dim = 4;
-  config.v_head_dim = 4;
-  config.max_position_embeddings = 8;
-  config.rope_scaling = RopeScaling::none();
+  const MlaConfig config = small_config(0, 8, 4, RopeScaling::none());
   const MlaAttention layer(config, MlaWeights::random(config, 1));
   LatentCache<std::int8_t> cache(latent_cache_config(config, 1, 8));
-  std::vector<float> hidden(2 * 16, 0.5f), out(2 * 16, -7.0f);
-  const auto out_view = TensorView<float>::bshd(out.data(), 1, 2, 1, 16);
-  layer.forward(TensorView<const float>::bshd(hidden.data(), 1, 2, 1, 16), cache, {0}, out_view);
+  const Index width = config.hidden_size;
+  std::vector<float> hidden(2 * width, 0.5f), out(2 * width, -7.0f);
+  const auto out_view = TensorView<float>::bshd(out.data(), 1, 2, 1, width);
+  const auto hidden_view = TensorView<const float>::bshd(hidden.data(), 1, 2, 1, width);
+  layer.forward(hidden_view, cache, {0}, out_view);
   const std::vector<float> out_before = out;
-  hidden[16 + 3] = std::numeric_limits<float>::quiet_NaN();  // token 1
+  hidden[width + 3] = std::numeric_limits<float>::quiet_NaN();  // token 1
   headroom::testing::expect_error(
-      [&] {
-        layer.forward(TensorView<const float>::bshd(hidden.data(), 1, 2, 1, 16), cache, {0},
-                      out_view);
-      },
+      [&] { layer.forward(hidden_view, cache, {0}, out_view); },
       "headroom::MlaAttention::forward: hidden[0, 1] gives a latent whose element 0 (nan) is "
       "outside the range of the int8 cache");
   EXPECT_EQ(cache.length(0), 2);
