@@ -366,19 +366,23 @@ struct WorkItem {
     const auto [block_first, block_end] = block_keys(span, 0, block_rows);
     if (block_first >= block_end) return;
     float* scores = scratch.scores.data();
-    // `ahead`: the source rows to request meanwhile, and `far` the tile's V rows to request
-    // into L2 (see kFarLocality); null when an earlier product of the tile has.
+    const Index k_bytes = dk * static_cast<Index>(sizeof(Element));
+    const Index v_bytes = dv * static_cast<Index>(sizeof(Element));
+    // `ahead`: the source rows to request meanwhile; with `far`, the scores also request the
+    // tile's V rows and the next tile's K rows into L2 (see FarRows), unless an earlier product
+    // of the tile has.
     const auto scores_against = [&](const float* q_rows, const auto* k_rows, const float* k_scale,
-                                    const Element* const* ahead, const Element* const* far,
-                                    float* out_scores) {
+                                    const Element* const* ahead, bool far, float* out_scores) {
+      const FarRows<Element> far_rows =
+          far ? FarRows<Element>{tile.v, v_bytes, tile.k + tile.count, k_bytes}
+              : FarRows<Element>{};
       dispatch_rows(block_rows, [&](auto rows_tag) {
         dot_scores<decltype(rows_tag)::value>(q_rows, dk, k_rows, k_scale, tile.count, ahead,
-                                              out_scores, kKeyTile, far,
-                                              dv * static_cast<Index>(sizeof(Element)));
+                                              out_scores, kKeyTile, far_rows);
       });
     };
     if (rerope == nullptr) {
-      scores_against(scratch.q.data(), tile.k, tile.k_scale, k_ahead, tile.v, scores);
+      scores_against(scratch.q.data(), tile.k, tile.k_scale, k_ahead, true, scores);
     } else {
       const bool inside = first_row_at(k1 + window - 1) > 0;
       const Index beyond_first = first_row_at(k0 + window);
@@ -388,7 +392,7 @@ struct WorkItem {
         rerope_keys(*rerope, KeyRotation::kPosition, tile, k0, dk, source.k_dim_stride(),
                     k_ahead, scratch.k.data());
         for (Index c = 0; c < tile.count; ++c) rotated[c] = scratch.k.data() + c * dk;
-        scores_against(scratch.q.data(), rotated, unit_scales(), nullptr, tile.v, scores);
+        scores_against(scratch.q.data(), rotated, unit_scales(), nullptr, true, scores);
       }
       if (beyond) {
         float* beyond_scores = inside ? scratch.scores_outside.data() : scores;
@@ -409,11 +413,10 @@ struct WorkItem {
                       tile, k0, dk, source.k_dim_stride(), inside ? nullptr : k_ahead,
                       scratch.k_outside.data());
           for (Index c = 0; c < tile.count; ++c) rotated[c] = scratch.k_outside.data() + c * dk;
-          scores_against(q_beyond, rotated, unit_scales(), nullptr, inside ? nullptr : tile.v,
-                         beyond_scores);
+          scores_against(q_beyond, rotated, unit_scales(), nullptr, !inside, beyond_scores);
         } else {
           scores_against(scratch.q_outside.data(), tile.k, tile.k_scale,
-                         inside ? nullptr : k_ahead, inside ? nullptr : tile.v, beyond_scores);
+                         inside ? nullptr : k_ahead, !inside, beyond_scores);
         }
         if (inside) {
           take_beyond_window(span, beyond_first, block_rows, beyond_scores, scores, kKeyTile, 1);
@@ -424,13 +427,9 @@ struct WorkItem {
     for (Index r = 0; r < block_rows && !unmasked; ++r) mask_row(span, r, scores, kKeyTile, 1);
     online_softmax_update(block_rows, scores, scratch.row_max.data(), scratch.row_sum.data(),
                           scratch.rescale.data());
-    // The P.V requests the next tile's K rows into L2 as it goes (see kFarLocality).
-    const SourceRows<Element> v_rows{tile.v,
-                                     tile.v_scale,
-                                     tile.v + prefetch_distance,
-                                     dv * static_cast<Index>(sizeof(Element)),
-                                     tile.k + tile.count,
-                                     dk * static_cast<Index>(sizeof(Element))};
+    // The P.V requests the next tile's V rows into L2 as it goes (see FarRows).
+    const SourceRows<Element> v_rows{tile.v, tile.v_scale, tile.v + prefetch_distance, v_bytes,
+                                     FarRows<Element>{tile.v + tile.count, v_bytes}};
     // Probabilities past block_end are zero: the P.V depth stops there.
     gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, Lhs{scores, kKeyTile, 1}, v_rows,
                                           block_end - k0, scratch.o.data(), dv_pad, dv,

@@ -31,11 +31,12 @@ inline constexpr Index kPrefetchBytes = 1024;
 /// A decode tile reads its K rows (scores), then its V rows (P.V): without help, each stream of
 /// DRAM reads would idle while the other phase runs, and the hardware prefetchers would ramp up
 /// again at every switch, once per tile, so the fewer bytes a tile holds (bf16, int8) the more of
-/// the time is lost. Each phase therefore also requests the other stream's rows one phase ahead
-/// into L2: the scores this tile's V rows, the P.V the next tile's K rows. Measured on a Xeon VM
-/// (AVX-512, 2 threads, 16k keys, D = 128), against the near requests alone: roof of f32 GQA
-/// 0.77 -> 0.84, f32 MHA 0.88 -> 0.93, bf16 MHA 0.76 -> 0.83, bf16 GQA 0.60 -> 0.68, int8 MHA
-/// 0.68 -> 0.71 (prefetcht2 the same as prefetcht1 there).
+/// the time is lost. Each phase therefore also requests rows ahead into L2 (see FarRows). Measured
+/// on a Xeon VM (AVX-512, 2 threads, 16k keys, D = 128), the scores requesting this tile's V rows
+/// and the P.V the next tile's K rows, against the near requests alone: roof of f32 GQA 0.77 ->
+/// 0.84, f32 MHA 0.88 -> 0.93, bf16 MHA 0.76 -> 0.83, bf16 GQA 0.60 -> 0.68, int8 MHA 0.68 ->
+/// 0.71. prefetcht2 the same as prefetcht1 there and on a Zen 4 VM; prefetcht0 (into L1) there
+/// 15-20% slower, and no far requests 20%.
 inline constexpr int kFarLocality = 2;
 
 /// Requests the `bytes` bytes at `row` (if not null) into the cache ahead of their use. A decode
@@ -52,6 +53,26 @@ EIGEN_ALWAYS_INLINE void prefetch_row(const void* row, Index bytes) {
   for (Index offset = 0; offset < bytes; offset += 64) Eigen::internal::prefetch(at + offset);
 #endif
 }
+
+/// The rows a decode product requests into L2 (kFarLocality) as it goes, a step at a time: up to
+/// two lists of row pointers (entries may be null), each with its row size. A tile's scores
+/// request its own V rows and the next tile's K rows, its P.V the next tile's V rows: both streams
+/// are then requested one phase and one tile ahead. Measured on a Zen 4 VM (2 threads, 16k keys,
+/// D = 128, medians of three paired rounds) against one list (the V rows during the scores, the
+/// next K rows during the P.V): f32 GQA 166 -> 217 tok/s (roof 0.69 -> 0.80); f32 and bf16 MHA,
+/// bf16 GQA and int8 within the noise, as the host's read bandwidth swung from 25 to 53 GB/s.
+template <class T>
+struct FarRows {
+  const T* const* rows = nullptr;
+  Index row_bytes = 0;
+  const T* const* more_rows = nullptr;
+  Index more_row_bytes = 0;
+
+  EIGEN_ALWAYS_INLINE void step(Index k) const {
+    if (rows != nullptr) prefetch_row<kFarLocality>(rows[k], row_bytes);
+    if (more_rows != nullptr) prefetch_row<kFarLocality>(more_rows[k], more_row_bytes);
+  }
+};
 
 #if defined(__AVX512F__)
 /// Returns the packet whose lane i is the horizontal sum of acc[i], for kCount <= 16 packets.
@@ -205,12 +226,11 @@ EIGEN_ALWAYS_INLINE void store_dot_sums(const Packet (&acc)[kRows][kKeys], const
 ///   q: [kRows, dk] aligned; k: count row pointers of dk elements; key_scale: [count];
 ///   prefetch: count row pointers (entries may be null, rows of dk elements of type A) to request
 ///             meanwhile, or null. (K rows rotated into scratch request the source's rows.)
-///   far: count row pointers (entries may be null) of far_bytes each to request into L2, or null:
-///        the V rows of these keys (see kFarLocality).
+///   far: the rows to request into L2 at each key (see FarRows).
 template <int kRows, class T, class A>
 void dot_scores(const float* q, Index dk, const T* const* k, const float* key_scale, Index count,
                 const A* const* prefetch, float* scores, Index score_stride,
-                const A* const* far = nullptr, Index far_bytes = 0) {
+                const FarRows<A>& far = {}) {
   using namespace Eigen::internal;
   // Enough independent accumulators to hide the FMA latency, few enough to stay in registers.
   constexpr int kKeys = std::max(1, (kPacketSize == 16 ? 16 : 8) / kRows);
@@ -221,9 +241,7 @@ void dot_scores(const float* q, Index dk, const T* const* k, const float* key_sc
     if (prefetch != nullptr) {
       for (int j = 0; j < kBlock; ++j) prefetch_row(prefetch[c + j], row_bytes);
     }
-    if (far != nullptr) {
-      for (int j = 0; j < kBlock; ++j) prefetch_row<kFarLocality>(far[c + j], far_bytes);
-    }
+    for (int j = 0; j < kBlock; ++j) far.step(c + j);
     Packet acc[kRows][kBlock];
     HEADROOM_UNROLL
     for (int r = 0; r < kRows; ++r) {
@@ -249,8 +267,7 @@ void dot_scores(const float* q, Index dk, const T* const* k, const float* key_sc
 
 /// The B operand of the micro-kernel read straight from a KV source: row k at rows[k], converted
 /// to f32 as it is loaded, its int8 scale folded into A; rows `ahead[k]` (if given) are requested
-/// from memory meanwhile, and rows `far[k]` (if given: the next tile's K rows) into L2 (see
-/// kFarLocality).
+/// from memory meanwhile, and `far`'s rows into L2 (see FarRows).
 template <class T>
 struct SourceRows {
   static constexpr bool kStreamed = true;
@@ -258,8 +275,7 @@ struct SourceRows {
   const float* scales;
   const T* const* ahead;  // or null
   Index row_bytes;
-  const T* const* far = nullptr;  // or null
-  Index far_bytes = 0;
+  FarRows<T> far = {};
 
   EIGEN_ALWAYS_INLINE Packet load(Index k, Index col) const { return load_packet(rows[k] + col); }
   EIGEN_ALWAYS_INLINE float scale(Index k) const {
@@ -270,15 +286,14 @@ struct SourceRows {
   struct Plan {
     const T* const* ahead;
     Index row_bytes;
-    const T* const* far;
-    Index far_bytes;
+    FarRows<T> far;
     EIGEN_ALWAYS_INLINE void step(Index k) const {
       if (ahead != nullptr) prefetch_row(ahead[k], row_bytes);
-      if (far != nullptr) prefetch_row<kFarLocality>(far[k], far_bytes);
+      far.step(k);
     }
   };
   EIGEN_ALWAYS_INLINE Plan prefetch_plan(Index depth) const {
-    return Plan{depth > 0 ? ahead : nullptr, row_bytes, depth > 0 ? far : nullptr, far_bytes};
+    return depth > 0 ? Plan{ahead, row_bytes, far} : Plan{nullptr, row_bytes, {}};
   }
 };
 
