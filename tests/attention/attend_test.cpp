@@ -10,6 +10,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "expect_error.hpp"
@@ -308,6 +309,38 @@ TEST_P(AttendTest, ResultsAreBitIdenticalForEveryThreadCount) {
   for (size_t t = 1; t < outs.size(); ++t) {
     EXPECT_EQ(std::memcmp(outs[t].data(), outs[0].data(), outs[0].size() * sizeof(float)), 0)
         << "thread count index " << t;
+  }
+}
+
+// Each thread keeps its scratch from call to call (attend.hpp: thread_scratch): a call must not
+// see what an earlier call of another shape left there. The first result comes from a thread that
+// has never run attend.
+TEST_P(AttendTest, ResultsDoNotDependOnEarlierCallsOfOtherShapes) {
+  std::mt19937 rng(37);
+  // Decode over split keys (one kv head: the split path and its partial results), odd dims.
+  const Index kv_len = 1500, heads = 6, dim = 40;
+  Tensor q(1, 1, heads, dim, Layout::kBshd, rng);
+  Tensor k(1, kv_len, 1, dim, Layout::kBshd, rng);
+  Tensor v(1, kv_len, 1, dim, Layout::kBshd, rng);
+  AttentionOptions options;
+  options.mask = Mask::causal();
+  options.num_threads = 2;
+  const auto run = [&] {
+    std::vector<float> out(heads * dim, std::numeric_limits<float>::quiet_NaN());
+    attend(q.view, k.view, v.view, TensorView<float>::bshd(out.data(), 1, 1, heads, dim), options);
+    return out;
+  };
+  std::vector<float> fresh;
+  std::thread([&] { fresh = run(); }).join();
+  // Larger calls of other shapes first: wider rows and dims, a sliding window, a softcap, and
+  // logits of another scale (their scratch holds other values wherever the decode call looks).
+  for (const Case& other : {Case{2, 130, 260, 8, 2, 96, 80, Mask::sliding_window(70), false, 30.0f,
+                                 Layout::kBshd, 4.0f},
+                            Case{1, 1, 3000, 8, 8, 128, 128, Mask::none()}}) {
+    expect_matches_reference(other, rng, 2);
+    const std::vector<float> again = run();
+    EXPECT_EQ(std::memcmp(again.data(), fresh.data(), fresh.size() * sizeof(float)), 0)
+        << "after " << other.describe();
   }
 }
 
