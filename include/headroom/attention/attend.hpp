@@ -248,10 +248,15 @@ struct WorkItem {
       TileRows<Element>::kMaxDistance);
 
   /// Computes the item's rows against the keys of range `split` (see visible_keys) and writes
-  /// them to `out`, or to `sink`'s partial results when the keys are split.
-  void run(Index split, const TensorView<float>& out, const RowSink& sink) {
+  /// them to `out`, or to `sink`'s partial results when the keys are split. With
+  /// `next_split_here`, this thread computes range split + 1 next, and the last tile requests its
+  /// first tile as any tile requests the next: a split would otherwise start on keys nobody has
+  /// requested and wait for DRAM.
+  void run(Index split, const TensorView<float>& out, const RowSink& sink, bool next_split_here) {
     load_queries();
     const auto [item_first, item_end] = visible_keys(split);
+    // The next split's keys start where this one's end (visible_keys cuts them back to back).
+    const Index fetch_end = next_split_here ? visible_keys(split + 1).second : item_end;
     if constexpr (kTileProducts) {
       if (shape.amx_tiles) configure_amx_tiles();
     }
@@ -262,8 +267,8 @@ struct WorkItem {
     }
     for (Index k0 = item_first; k0 < item_end; k0 += kKeyTile, tile.advance()) {
       const Index k1 = std::min(k0 + kKeyTile, item_end);
-      if (k1 < item_end) {
-        tile.next_count = std::min(kKeyTile, item_end - k1);
+      if (k1 < fetch_end) {
+        tile.next_count = std::min(kKeyTile, (k1 < item_end ? item_end : fetch_end) - k1);
         gather_tile_rows(source, b, kv_head, k1, tile.next_count, tile.count, tile);
       }
       const TileKeys span{k0, k1,
@@ -769,10 +774,17 @@ void attend_tiled(const TensorView<const QT>& q, const Source& source,
     i0 = tile * shape.positions_per_item;
     i1 = std::min(i0 + shape.positions_per_item, shape.q_len);
   };
+  // Split keys go out in runs of consecutive splits, one run per thread where the counts allow,
+  // so that each split but a run's last requests its successor's first tile (WorkItem::run).
+  // Measured here (MQA decode, 16k keys in DRAM, 8 splits, 2 threads, medians of 18 alternated
+  // runs): 0.70 -> 0.72 of the FMA peak.
+  const Index run_length = (shape.num_splits + num_threads - 1) / num_threads;
   parallel_for(num_items, num_threads, [&](int thread, Index item) {
     Index b, kv_head, i0, i1;
     decode_group(item / shape.num_splits, b, kv_head, i0, i1);
     const Index split = item % shape.num_splits;
+    const bool next_split_here = split + 1 < shape.num_splits &&
+                                 (num_threads == 1 || (item + 1) % run_length != 0);
     RowSink sink;
     if (shape.num_splits > 1) {
       sink.partial_out = partial_out + item * rows * dv;
@@ -784,8 +796,8 @@ void attend_tiled(const TensorView<const QT>& q, const Source& source,
       mine->prepare(shape);
     }
     WorkItem<kDk, kDv, QT, Source>{q, source, options, scale, shape, b, kv_head, i0, i1, *mine}
-        .run(split, out, sink);
-  });
+        .run(split, out, sink, next_split_here);
+  }, run_length);
   if (shape.num_splits == 1) return;
 
   parallel_for(num_groups, resolve_num_threads(options.num_threads, num_groups),

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "headroom/core/error.hpp"
 #include "headroom/core/tensor_view.hpp"
 
 #ifdef _OPENMP
@@ -32,17 +33,21 @@ inline int resolve_num_threads(int requested, Index num_items) {
 
 /// Calls body(thread, item) for every item in [0, num_items) on `num_threads` threads. Items are
 /// handed out dynamically, so callers list the heaviest first; each item must be computed by one
-/// thread alone, which makes results independent of the thread count.
+/// thread alone, which makes results independent of the thread count. Items are handed out in
+/// runs of `run_length` (the runs [j * run_length, (j + 1) * run_length)), each run computed in
+/// order by one thread, which may then prepare an item's successor within its run.
 template <class Body>
-void parallel_for(Index num_items, int num_threads, Body&& body) {
+void parallel_for(Index num_items, int num_threads, Body&& body, Index run_length = 1) {
+  HEADROOM_DASSERT(run_length >= 1);
 #ifdef _OPENMP
   if (num_threads > 1) {
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, run_length)
     for (Index item = 0; item < num_items; ++item) body(omp_get_thread_num(), item);
     return;
   }
 #else
   static_cast<void>(num_threads);
+  static_cast<void>(run_length);
 #endif
   for (Index item = 0; item < num_items; ++item) body(0, item);
 }
