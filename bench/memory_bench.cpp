@@ -126,9 +126,10 @@ void BM_PrefillMemory(benchmark::State& state) {
     const bool reset_held = before.peak <= before.current + kMiB;
     peak_reset = peak_reset && reset_held;
     state.ResumeTiming();
-    // From a thread of its own: OpenMP gives it a team of new threads, which start without the
-    // scratch attend keeps per thread from call to call (attend.hpp: thread_scratch), so that
-    // scratch is counted here even when earlier benchmarks have grown it on the usual threads.
+    // From a thread of its own: libgomp (GCC's OpenMP) gives it a team of new threads, which
+    // start without the scratch attend keeps per thread from call to call (attend.hpp:
+    // thread_scratch), so that scratch is counted even when earlier benchmarks have grown it on
+    // the usual threads. (LLVM's OpenMP reuses its workers: there this counts less.)
     std::thread([&] { attend(q_view, k_view, v_view, out_view, options); }).join();
     benchmark::DoNotOptimize(out.data());
     state.PauseTiming();

@@ -209,6 +209,11 @@ TEST(KvCacheTest, SplitKvEqualsUnsplitForAnySplitCount) {
   Tokens k(len, kv_heads, dim, rng), v(len, kv_heads, dim, rng), q(2, heads, dim, rng);
   KvCache<float> cache(KvCacheConfig{kv_heads, dim, dim, 1, len, false});
   cache.append(0, k.all(), v.all());
+  // The same keys in blocks of 16 of a pool with no block to spare: a split that requests the
+  // next split's first tile must stay within the block table.
+  PagedKvCache<float> paged(PagedKvCacheConfig{kv_heads, dim, dim, 16, (len + 15) / 16});
+  const Index paged_id = paged.add_sequence();
+  paged.append(paged_id, k.all(), v.all());
   // Splits cut the visible keys: a window of 100 keys is two tiles, so from 3 splits on some
   // splits have no key at all.
   for (const Mask& mask : {Mask::causal(), Mask::sliding_window(100)}) {
@@ -226,6 +231,9 @@ TEST(KvCacheTest, SplitKvEqualsUnsplitForAnySplitCount) {
       // Merging normalised partial results reorders f32 sums: a few ulp of the output scale.
       for (size_t i = 0; i < one.size(); ++i) ASSERT_NEAR(many[i], one[i], 1e-6) << i;
       for (size_t i = 0; i < lse_one.size(); ++i) ASSERT_NEAR(lse_many[i], lse_one[i], 1e-5);
+      const std::vector<float> many_paged =
+          run_attend_on(q.all(), paged.view({paged_id}), options, dim);
+      EXPECT_EQ(std::memcmp(many_paged.data(), many.data(), many.size() * sizeof(float)), 0);
     }
   }
 }

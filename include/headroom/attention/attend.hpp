@@ -48,8 +48,9 @@ namespace detail {
 inline constexpr Index kTargetRows = 512;
 /// Splitting the keys of a work item across threads (flash-decoding) pays when there are fewer
 /// items than this; the split count depends on the shapes only, never on the thread count, so
-/// results stay bit-identical for any number of threads. Each split starts on a tile nobody has
-/// requested yet: measured here (MQA decode, 16k keys, 2 threads), 8 splits run 8% faster than 16.
+/// results stay bit-identical for any number of threads. Measured here (MQA decode, 16k keys, 2
+/// threads, when each split still started on a tile nobody had requested and each call allocated
+/// its scratch), 8 splits ran 8% faster than 16.
 inline constexpr Index kSplitBelowItems = 8;
 /// No split covers fewer keys than this: below it, merging costs more than it parallelises.
 inline constexpr Index kMinKeysPerSplit = 512;
@@ -128,9 +129,9 @@ struct TileScratch {
   PairBuffer k_pairs;  // [head_dim_k / 2, kKeyTile, 2]: K^T in pairs along dk
   LinePrefetcher prefetcher;  // the next tile's rows, requested while this one is computed
 
-  /// Sizes every buffer for `shape` and zeroes it, as freshly allocated buffers would be. The
-  /// buffers keep their capacity from call to call (see thread_scratch), so a call whose shape
-  /// fits them allocates nothing.
+  /// Sizes every buffer for `shape` and zeroes it, as freshly allocated buffers would be, and
+  /// empties the prefetcher's list. The buffers keep their capacity from call to call (see
+  /// thread_scratch), so a call whose shape fits them takes no new memory for them.
   void prepare(const TileShape& shape) {
     const auto zeroed = [](auto& buffer, Index size) {
       buffer.assign(static_cast<size_t>(size), typename std::decay_t<decltype(buffer)>::value_type{});
@@ -174,11 +175,14 @@ inline TileScratch& thread_scratch() {
   return scratch;
 }
 
-/// The partial results of split keys (see attend_tiled), kept per calling thread as above.
+/// The partial results of split keys (see attend_tiled), kept per calling thread as above up to
+/// kKeptSplitBytes: more comes from many splits asked for by the caller (kv_splits) or from
+/// groups of thousands of heads, and is freed after the call.
 struct SplitResults {
   std::vector<float> out;  // [items, rows_per_item, head_dim_v] normalised
   std::vector<float> lse;  // [items, rows_per_item]
 };
+inline constexpr size_t kKeptSplitBytes = size_t{16} << 20;
 inline SplitResults& thread_split_results() {
   thread_local SplitResults results;
   return results;
@@ -774,11 +778,12 @@ void attend_tiled(const TensorView<const QT>& q, const Source& source,
     i0 = tile * shape.positions_per_item;
     i1 = std::min(i0 + shape.positions_per_item, shape.q_len);
   };
-  // Split keys go out in runs of consecutive splits, one run per thread where the counts allow,
-  // so that each split but a run's last requests its successor's first tile (WorkItem::run).
-  // Measured here (MQA decode, 16k keys in DRAM, 8 splits, 2 threads, medians of 18 alternated
-  // runs): 0.70 -> 0.72 of the FMA peak.
-  const Index run_length = (shape.num_splits + num_threads - 1) / num_threads;
+  // Split keys go out in runs of two consecutive splits, so that the first of each pair requests
+  // its successor's first tile (WorkItem::run). Measured here with runs of four (one per thread:
+  // MQA decode, 16k keys in DRAM, 8 splits, 2 threads, medians of 18 alternated runs), 0.70 ->
+  // 0.72 of the FMA peak; pairs keep most of that and leave the other thread work to take over
+  // when the host stalls one core.
+  const Index run_length = std::min<Index>(2, (shape.num_splits + num_threads - 1) / num_threads);
   parallel_for(num_items, num_threads, [&](int thread, Index item) {
     Index b, kv_head, i0, i1;
     decode_group(item / shape.num_splits, b, kv_head, i0, i1);
@@ -826,6 +831,7 @@ void attend_tiled(const TensorView<const QT>& q, const Source& source,
       if (!options.lse.empty()) options.lse(b, head, i) = lse;
     }
   });
+  if (partial.out.capacity() * sizeof(float) > kKeptSplitBytes) partial = SplitResults{};
 }
 
 /// Checks that the mask of the first of q_len queries over kv_len keys reaches no key before

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
 
 #include "headroom/core/error.hpp"
 #include "headroom/core/tensor_view.hpp"
@@ -41,8 +43,21 @@ void parallel_for(Index num_items, int num_threads, Body&& body, Index run_lengt
   HEADROOM_DASSERT(run_length >= 1);
 #ifdef _OPENMP
   if (num_threads > 1) {
+    // No exception may leave an OpenMP region (it would terminate the program): the first one a
+    // body throws (std::bad_alloc growing a thread's scratch) is kept, the items not yet started
+    // are skipped, and it is rethrown on the calling thread.
+    std::exception_ptr failure;
+    std::atomic<bool> failed{false};
 #pragma omp parallel for num_threads(num_threads) schedule(dynamic, run_length)
-    for (Index item = 0; item < num_items; ++item) body(omp_get_thread_num(), item);
+    for (Index item = 0; item < num_items; ++item) {
+      if (failed.load(std::memory_order_relaxed)) continue;
+      try {
+        body(omp_get_thread_num(), item);
+      } catch (...) {
+        if (!failed.exchange(true)) failure = std::current_exception();
+      }
+    }
+    if (failure) std::rethrow_exception(failure);
     return;
   }
 #else
