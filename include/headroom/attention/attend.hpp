@@ -465,13 +465,23 @@ struct WorkItem {
     for (Index r = 0; r < block_rows && !unmasked; ++r) mask_row(span, r, scores, kKeyTile, 1);
     online_softmax_update(block_rows, scores, scratch.row_max.data(), scratch.row_sum.data(),
                           scratch.rescale.data());
-    // The P.V requests the next tile's V rows into L2 as it goes (see FarRows).
-    const SourceRows<Element> v_rows{tile.v, tile.v_scale, tile.v + prefetch_distance, v_bytes,
-                                     FarRows<Element>{tile.v + tile.count, v_bytes}};
     // Probabilities past block_end are zero: the P.V depth stops there.
-    gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, Lhs{scores, kKeyTile, 1}, v_rows,
-                                          block_end - k0, scratch.o.data(), dv_pad, dv,
-                                          scratch.rescale.data());
+    const Index depth = block_end - k0;
+    if constexpr (kHasScale<Element>) {
+      // P.diag(v_scale).V_int8: each probability takes its key's V scale once here, the same
+      // product the P.V formed once per row and panel of columns (bit-identical results).
+      // Measured here with in_register (Zen 5, int8 GQA 32/8 decode, 16k keys in DRAM, 2
+      // threads, medians of 6 alternated runs): 13% less time per step.
+      const auto v_scale = Eigen::Map<const Eigen::ArrayXf>(tile.v_scale, depth);
+      for (Index r = 0; r < block_rows; ++r) {
+        Eigen::Map<Eigen::ArrayXf>(scores + r * kKeyTile, depth) *= v_scale;
+      }
+    }
+    // The P.V requests the next tile's V rows into L2 as it goes (see FarRows).
+    const SourceRows<Element> v_rows{tile.v, tile.v + prefetch_distance, v_bytes,
+                                     FarRows<Element>{tile.v + tile.count, v_bytes}};
+    gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, Lhs{scores, kKeyTile, 1}, v_rows, depth,
+                                          scratch.o.data(), dv_pad, dv, scratch.rescale.data());
   }
 
   /// Computes a key-major tile (prefill; decode of wide groups): S^T, P^T and Q^T with the rows

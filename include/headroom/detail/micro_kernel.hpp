@@ -138,7 +138,6 @@ struct PackedRows {
   EIGEN_ALWAYS_INLINE Packet load(Index k, Index col) const {
     return Eigen::internal::pload<Packet>(base + k * stride + col);
   }
-  EIGEN_ALWAYS_INLINE float scale(Index) const { return 1.0f; }
   /// Returns the prefetches of a product of `depth` rows (none for depth 0).
   EIGEN_ALWAYS_INLINE LinePrefetcher::Slice prefetch_plan(Index depth) const {
     return prefetcher != nullptr && depth > 0 ? prefetcher->take(depth) : LinePrefetcher::Slice{};
@@ -175,10 +174,9 @@ struct FixedStrideLhs {
 };
 
 /// Computes a kRows x (kPackets * kPacketSize) block of C from A [kRows, depth] (a Lhs or a
-/// FixedStrideLhs) and the rows of B
-/// at columns [col, col + kPackets * kPacketSize) (a PackedRows, or SourceRows read straight from
-/// a KV source). B's per-row scale (int8 values) multiplies A's column. c must be aligned,
-/// c_stride a multiple of the packet size. Accumulators live in registers for the whole depth
+/// FixedStrideLhs) and the rows of B at columns [col, col + kPackets * kPacketSize) (a
+/// PackedRows, or SourceRows read straight from a KV source: int8 rows' scales are already in A's
+/// columns). c must be aligned, c_stride a multiple of the packet size. Accumulators live in registers for the whole depth
 /// loop. B's prefetch hook runs when `prefetch` is set (once per row of B, not once per panel).
 template <int kRows, int kPackets, Accumulate kMode, class BRows, class A>
 EIGEN_ALWAYS_INLINE void micro_kernel(const A& a, const BRows& b, Index col, Index depth,
@@ -208,10 +206,9 @@ EIGEN_ALWAYS_INLINE void micro_kernel(const A& a, const BRows& b, Index col, Ind
     Packet b_row[kPackets];
     HEADROOM_UNROLL
     for (int p = 0; p < kPackets; ++p) b_row[p] = b_local.load(k, col + p * kPacketSize);
-    const float b_scale = b_local.scale(k);
     HEADROOM_UNROLL
     for (int r = 0; r < kRows; ++r) {
-      const Packet a_rk = pset1<Packet>(a_local.at(r, k) * b_scale);
+      const Packet a_rk = pset1<Packet>(a_local.at(r, k));
       HEADROOM_UNROLL
       for (int p = 0; p < kPackets; ++p) acc[r][p] = pmadd(a_rk, b_row[p], acc[r][p]);
     }
