@@ -176,8 +176,9 @@ struct FixedStrideLhs {
 /// Computes a kRows x (kPackets * kPacketSize) block of C from A [kRows, depth] (a Lhs or a
 /// FixedStrideLhs) and the rows of B at columns [col, col + kPackets * kPacketSize) (a
 /// PackedRows, or SourceRows read straight from a KV source: int8 rows' scales are already in A's
-/// columns). c must be aligned, c_stride a multiple of the packet size. Accumulators live in registers for the whole depth
-/// loop. B's prefetch hook runs when `prefetch` is set (once per row of B, not once per panel).
+/// columns). c must be aligned, c_stride a multiple of the packet size. Accumulators live in
+/// registers for the whole depth loop. B's prefetch hook runs when `prefetch` is set (once per
+/// row of B, not once per panel).
 template <int kRows, int kPackets, Accumulate kMode, class BRows, class A>
 EIGEN_ALWAYS_INLINE void micro_kernel(const A& a, const BRows& b, Index col, Index depth,
                                       float* c, Index c_stride, const float* row_scale,
