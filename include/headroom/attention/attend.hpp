@@ -407,7 +407,7 @@ struct WorkItem {
     const Index k_bytes = dk * static_cast<Index>(sizeof(Element));
     const Index v_bytes = dv * static_cast<Index>(sizeof(Element));
     // `ahead`: the source rows to request meanwhile; with `far`, the scores also request the
-    // tile's V rows and the next tile's K rows into L2 (see FarRows), unless an earlier product
+    // tile's V rows and the next tile's K rows (see FarRows), unless an earlier product
     // of the tile has.
     const auto scores_against = [&](const float* q_rows, const auto* k_rows, const float* k_scale,
                                     const Element* const* ahead, bool far, float* out_scores) {
@@ -477,7 +477,7 @@ struct WorkItem {
         Eigen::Map<Eigen::ArrayXf>(scores + r * kKeyTile, depth) *= v_scale;
       }
     }
-    // The P.V requests the next tile's V rows into L2 as it goes (see FarRows).
+    // The P.V requests the next tile's V rows as it goes (see FarRows).
     const SourceRows<Element> v_rows{tile.v, tile.v + prefetch_distance, v_bytes,
                                      FarRows<Element>{tile.v + tile.count, v_bytes}};
     gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, Lhs{scores, kKeyTile, 1}, v_rows, depth,

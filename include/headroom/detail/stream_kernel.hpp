@@ -31,13 +31,13 @@ inline constexpr Index kPrefetchBytes = 1024;
 /// A decode tile reads its K rows (scores), then its V rows (P.V): without help, each stream of
 /// DRAM reads would idle while the other phase runs, and the hardware prefetchers would ramp up
 /// again at every switch, once per tile, so the fewer bytes a tile holds (bf16, int8) the more of
-/// the time is lost. Each phase therefore also requests rows ahead into L2 (see FarRows). Measured
+/// the time is lost. Each phase therefore also requests rows a phase ahead (see FarRows). Measured
 /// on a Xeon VM (AVX-512, 2 threads, 16k keys, D = 128), the scores requesting this tile's V rows
 /// and the P.V the next tile's K rows, against the near requests alone: roof of f32 GQA 0.77 ->
 /// 0.84, f32 MHA 0.88 -> 0.93, bf16 MHA 0.76 -> 0.83, bf16 GQA 0.60 -> 0.68, int8 MHA 0.68 ->
 /// 0.71. prefetcht2 the same as prefetcht1 there and on a Zen 4 VM; prefetcht0 (into L1) there
-/// 15-20% slower, and no far requests 20%.
-inline constexpr int kFarLocality = 2;
+/// 15-20% slower, and no far requests 20%; on Zen 5 prefetcht0 is faster (see kAheadLocality).
+inline constexpr int kFarLocality = kAheadLocality;
 
 /// Requests the `bytes` bytes at `row` (if not null) into the cache ahead of their use. A decode
 /// step does little arithmetic per byte, and the hardware prefetchers alone keep too few lines in
@@ -54,8 +54,8 @@ EIGEN_ALWAYS_INLINE void prefetch_row(const void* row, Index bytes) {
 #endif
 }
 
-/// The rows a decode product requests into L2 (kFarLocality) as it goes, a step at a time: up to
-/// two lists of row pointers (entries may be null), each with its row size. A tile's scores
+/// The rows a decode product requests a phase ahead (kFarLocality) as it goes, a step at a time:
+/// up to two lists of row pointers (entries may be null), each with its row size. A tile's scores
 /// request its own V rows and the next tile's K rows, its P.V the next tile's V rows: both streams
 /// are then requested one phase and one tile ahead. Measured on a Zen 4 VM (2 threads, 16k keys,
 /// D = 128, medians of three paired rounds) against one list (the V rows during the scores, the
@@ -238,7 +238,7 @@ EIGEN_ALWAYS_INLINE void store_dot_sums(const Packet (&acc)[kRows][kKeys], const
 ///   q: [kRows, dk] aligned; k: count row pointers of dk elements; key_scale: [count];
 ///   prefetch: count row pointers (entries may be null, rows of dk elements of type A) to request
 ///             meanwhile, or null. (K rows rotated into scratch request the source's rows.)
-///   far: the rows to request into L2 at each key (see FarRows).
+///   far: the rows to request a phase ahead at each key (see FarRows).
 template <int kRows, class T, class A>
 void dot_scores(const float* q, Index dk, const T* const* k, const float* key_scale, Index count,
                 const A* const* prefetch, float* scores, Index score_stride,
@@ -280,7 +280,7 @@ void dot_scores(const float* q, Index dk, const T* const* k, const float* key_sc
 /// The B operand of the micro-kernel read straight from a KV source: row k at rows[k], converted
 /// to f32 as it is loaded (int8 rows unscaled: the caller multiplies A's column k by row k's
 /// scale first, once per tile rather than once per row and panel of the product); rows
-/// `ahead[k]` (if given) are requested from memory meanwhile, and `far`'s rows into L2 (see
+/// `ahead[k]` (if given) are requested from memory meanwhile, and `far`'s rows a phase ahead (see
 /// FarRows).
 template <class T>
 struct SourceRows {
