@@ -49,12 +49,23 @@ enum class Accumulate {
 /// 16k keys from DRAM, D = 128, medians of 3-6 alternated rounds), prefetcht0 against prefetcht1
 /// took 7-9% less time for f32 MQA with 1 thread and 2-3.5% with 2, f32 GQA 7% and 3%, bf16 MHA
 /// 10% and 5%, bf16 GQA 6% and 4%; f32 MHA, int8, prefill and MLA decode within the noise. On a
-/// Xeon VM prefetcht0 was 15-20% slower (see kFarLocality).
+/// Xeon VM prefetcht0 was 15-20% slower (see FarRows in stream_kernel.hpp).
 #if defined(__CLZERO__)
 inline constexpr int kAheadLocality = 3;
 #else
 inline constexpr int kAheadLocality = 2;
 #endif
+
+/// Requests the cache line at `at` for reading, with a locality hint of kLocality (3 into L1,
+/// 2 into L2); a no-op where the compiler has no prefetch builtin.
+template <int kLocality>
+EIGEN_ALWAYS_INLINE void request_line(const void* at) {
+#if defined(__GNUC__)
+  __builtin_prefetch(at, 0, kLocality);
+#else
+  Eigen::internal::prefetch(static_cast<const char*>(at));
+#endif
+}
 
 /// Requests a list of rows into the cache a few cache lines at a time. A tile's products take the
 /// lines out in slices (take) and request them as they go, so the next tile arrives spread over the
@@ -75,9 +86,7 @@ class LinePrefetcher {
       if (k % kDepthPerStep != 0) return;
       const Index first = k / kDepthPerStep * lines_per_step;
       for (Index i = first; i < std::min(count, first + lines_per_step); ++i) {
-#if defined(__GNUC__)
-        __builtin_prefetch(reinterpret_cast<const void*>(lines[i]), 0, kAheadLocality);
-#endif
+        request_line<kAheadLocality>(reinterpret_cast<const void*>(lines[i]));
       }
     }
   };
@@ -129,9 +138,7 @@ class LinePrefetcher {
   /// Issues whatever the computation did not get to.
   void finish() {
     for (; next_ < size_; ++next_) {
-#if defined(__GNUC__)
-      __builtin_prefetch(reinterpret_cast<const void*>(lines_[next_]), 0, kAheadLocality);
-#endif
+      request_line<kAheadLocality>(reinterpret_cast<const void*>(lines_[next_]));
     }
   }
 

@@ -28,17 +28,6 @@ namespace headroom::detail {
 /// slower), f32 MHA 3-6% and f32 GQA 5-10%; bf16 MHA the same, bf16 and int8 GQA within 3%.
 inline constexpr Index kPrefetchBytes = 1024;
 
-/// A decode tile reads its K rows (scores), then its V rows (P.V): without help, each stream of
-/// DRAM reads would idle while the other phase runs, and the hardware prefetchers would ramp up
-/// again at every switch, once per tile, so the fewer bytes a tile holds (bf16, int8) the more of
-/// the time is lost. Each phase therefore also requests rows a phase ahead (see FarRows). Measured
-/// on a Xeon VM (AVX-512, 2 threads, 16k keys, D = 128), the scores requesting this tile's V rows
-/// and the P.V the next tile's K rows, against the near requests alone: roof of f32 GQA 0.77 ->
-/// 0.84, f32 MHA 0.88 -> 0.93, bf16 MHA 0.76 -> 0.83, bf16 GQA 0.60 -> 0.68, int8 MHA 0.68 ->
-/// 0.71. prefetcht2 the same as prefetcht1 there and on a Zen 4 VM; prefetcht0 (into L1) there
-/// 15-20% slower, and no far requests 20%; on Zen 5 prefetcht0 is faster (see kAheadLocality).
-inline constexpr int kFarLocality = kAheadLocality;
-
 /// Requests the `bytes` bytes at `row` (if not null) into the cache ahead of their use. A decode
 /// step does little arithmetic per byte, and the hardware prefetchers alone keep too few lines in
 /// flight for one core to reach its share of DRAM bandwidth.
@@ -47,20 +36,26 @@ template <int kLocality = 3>
 EIGEN_ALWAYS_INLINE void prefetch_row(const void* row, Index bytes) {
   const char* at = static_cast<const char*>(row);
   if (at == nullptr) return;
-#if defined(__GNUC__)
-  for (Index offset = 0; offset < bytes; offset += 64) __builtin_prefetch(at + offset, 0, kLocality);
-#else
-  for (Index offset = 0; offset < bytes; offset += 64) Eigen::internal::prefetch(at + offset);
-#endif
+  for (Index offset = 0; offset < bytes; offset += 64) request_line<kLocality>(at + offset);
 }
 
-/// The rows a decode product requests a phase ahead (kFarLocality) as it goes, a step at a time:
+/// The rows a decode product requests a phase ahead (kAheadLocality) as it goes, a step at a time:
 /// up to two lists of row pointers (entries may be null), each with its row size. A tile's scores
 /// request its own V rows and the next tile's K rows, its P.V the next tile's V rows: both streams
 /// are then requested one phase and one tile ahead. Measured on a Zen 4 VM (2 threads, 16k keys,
 /// D = 128, medians of three paired rounds) against one list (the V rows during the scores, the
 /// next K rows during the P.V): f32 GQA 166 -> 217 tok/s (roof 0.69 -> 0.80); f32 and bf16 MHA,
 /// bf16 GQA and int8 within the noise, as the host's read bandwidth swung from 25 to 53 GB/s.
+///
+/// A decode tile reads its K rows (scores), then its V rows (P.V): without help, each stream of
+/// DRAM reads would idle while the other phase runs, and the hardware prefetchers would ramp up
+/// again at every switch, once per tile, so the fewer bytes a tile holds (bf16, int8) the more of
+/// the time is lost. Each phase therefore also requests rows a phase ahead. Measured
+/// on a Xeon VM (AVX-512, 2 threads, 16k keys, D = 128), the scores requesting this tile's V rows
+/// and the P.V the next tile's K rows, against the near requests alone: roof of f32 GQA 0.77 ->
+/// 0.84, f32 MHA 0.88 -> 0.93, bf16 MHA 0.76 -> 0.83, bf16 GQA 0.60 -> 0.68, int8 MHA 0.68 ->
+/// 0.71. prefetcht2 the same as prefetcht1 there and on a Zen 4 VM; prefetcht0 (into L1) there
+/// 15-20% slower, and no far requests 20%; on Zen 5 prefetcht0 is faster (see kAheadLocality).
 template <class T>
 struct FarRows {
   const T* const* rows = nullptr;
@@ -69,8 +64,8 @@ struct FarRows {
   Index more_row_bytes = 0;
 
   EIGEN_ALWAYS_INLINE void step(Index k) const {
-    if (rows != nullptr) prefetch_row<kFarLocality>(rows[k], row_bytes);
-    if (more_rows != nullptr) prefetch_row<kFarLocality>(more_rows[k], more_row_bytes);
+    if (rows != nullptr) prefetch_row<kAheadLocality>(rows[k], row_bytes);
+    if (more_rows != nullptr) prefetch_row<kAheadLocality>(more_rows[k], more_row_bytes);
   }
 };
 
