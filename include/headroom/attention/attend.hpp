@@ -591,8 +591,8 @@ struct WorkItem {
       if (prefetcher != nullptr) {
         prefetcher->spread_over(
             LinePrefetcher::kDepthPerStep *
-            (amx_split_blocks(packet_first, packet_end, kKeyTile) +
-             amx_split_blocks(packet_first, packet_end, dv)));
+            (amx_split_steps(packet_first, packet_end, kKeyTile, dk) +
+             amx_split_steps(packet_first, packet_end, dv, kKeyTile)));
       }
       pack_split_key_pairs<kKeyTile>(tile.k, tile.count, dk, k_pairs, kKeyTile * dk);
       amx_split_product(q_pairs, rows_pad * dk, dk, k_pairs, kKeyTile * dk, 2 * kKeyTile, dk,
