@@ -699,8 +699,7 @@ struct WorkItem {
     // 1 thread): copying the V rows of f32 caches took 18% of the time.
     const bool values_in_k_rows =
         k_rows != nullptr && dk % kPacketSize == 0 && dv % kPacketSize == 0 &&
-        reinterpret_cast<std::uintptr_t>(k_rows) % (kPacketSize * sizeof(float)) == 0 &&
-        values_are_keys(tile);
+        packet_aligned(k_rows) && values_are_keys(tile);
     const float* v_in_place =
         values_in_k_rows ? nullptr : in_place_v_rows(tile, dv, source.v_dim_stride());
     const Index v_stride = padded_rows(dv);

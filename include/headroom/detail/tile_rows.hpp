@@ -5,6 +5,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "headroom/core/element.hpp"
@@ -143,6 +144,11 @@ const float* packed_k_rows(const TileRows<T>& rows, Index dk, Index k_row_stride
   return k;
 }
 
+/// Returns whether `row` is aligned for the aligned packet loads of PackedRows.
+inline bool packet_aligned(const float* row) {
+  return reinterpret_cast<std::uintptr_t>(row) % (kPacketSize * sizeof(float)) == 0;
+}
+
 /// Returns the tile's V rows as the P.V product reads them in place, one after the other (row c at
 /// + c * dv, aligned for packet loads), or null when the source does not store them so. f32 rows
 /// of a cache block are (head-major, dv apart), as are those of one kv head in dense [B, S, 1, D]
@@ -152,8 +158,7 @@ template <class T>
 const float* in_place_v_rows(const TileRows<T>& rows, Index dv, Index v_dim_stride) {
   if constexpr (std::is_same_v<T, float>) {
     const float* first = rows.v[0];
-    if (v_dim_stride == 1 && dv % kPacketSize == 0 &&
-        reinterpret_cast<std::uintptr_t>(first) % (kPacketSize * sizeof(float)) == 0 &&
+    if (v_dim_stride == 1 && dv % kPacketSize == 0 && packet_aligned(first) &&
         rows_follow_on(rows.v, rows.count, dv)) {
       return first;
     }
