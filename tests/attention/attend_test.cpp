@@ -185,6 +185,8 @@ TEST_P(AttendTest, DecodeShapesSingleAndFewQueriesOverLongerKeys) {
   for (Index q_len : {1, 2, 8}) {
     expect_matches_reference({2, q_len, 300, 8, 2, 64, 64, Mask::causal(), true}, rng);
     expect_matches_reference({1, q_len, 300, 8, 1, 128, 128, Mask::sliding_window(50)}, rng);
+    // One kv head of 700 keys: a lone work item, which the kernel splits in two by default.
+    expect_matches_reference({1, q_len, 700, 8, 1, 64, 64, Mask::causal()}, rng);
   }
 }
 
@@ -502,6 +504,39 @@ TEST(AttendLimitsTest, BroadcastKeysOfAnyLengthWithShortKvLensAreSafe) {
   attend(TensorView<const float>::bshd(q.data(), 1, 1, 1, 1), k_view, v_view,
          TensorView<float>::bshd(out.data(), 1, 1, 1, 1), options);
   EXPECT_EQ(out, v);  // one key: its value, exactly
+}
+
+TEST(SplitCountTest, DefaultSplitsArePowersOfTwoOfEnoughKeysAndGiveALoneItemTwo) {
+  using detail::default_num_splits;
+  for (Index groups = 1; groups <= 12; ++groups) {
+    for (Index kv_len = 0; kv_len <= 20000; kv_len += 37) {
+      SCOPED_TRACE("groups " + std::to_string(groups) + " kv_len " + std::to_string(kv_len));
+      const Index splits = default_num_splits(groups, kv_len);
+      ASSERT_GE(splits, 1);
+      EXPECT_EQ(splits & (splits - 1), 0) << splits << " is not a power of two";
+      // Splits only where there are fewer items than kSplitBelowItems, at most as many as make
+      // up that many items (rounded up)...
+      const Index most = groups >= detail::kSplitBelowItems
+                             ? 1
+                             : (detail::kSplitBelowItems + groups - 1) / groups;
+      EXPECT_LE(splits, most);
+      if (splits == 1) continue;
+      // ...and each split holds kMinKeysPerSplit keys, or half a lone item of at least twice
+      // kMinKeysPerSecondSplit.
+      if (splits == 2 && groups == 1) {
+        EXPECT_GE(kv_len, 2 * detail::kMinKeysPerSecondSplit);
+      } else {
+        EXPECT_GE(kv_len / splits, detail::kMinKeysPerSplit);
+      }
+    }
+  }
+  EXPECT_EQ(default_num_splits(1, 2 * detail::kMinKeysPerSecondSplit - 1), 1);
+  EXPECT_EQ(default_num_splits(1, 2 * detail::kMinKeysPerSecondSplit), 2);
+  EXPECT_EQ(default_num_splits(1, 3 * detail::kMinKeysPerSplit), 2);  // not 3: 2 threads, 2 rounds
+  EXPECT_EQ(default_num_splits(1, 8 * detail::kMinKeysPerSplit), 8);
+  EXPECT_EQ(default_num_splits(2, 1 << 20), 4);
+  EXPECT_EQ(default_num_splits(3, 1 << 20), 2);  // not 3
+  EXPECT_EQ(default_num_splits(detail::kSplitBelowItems, 1 << 20), 1);
 }
 
 TEST(MergeTest, RejectsAnLseOutputWhoseRowsAlias) {
