@@ -85,6 +85,12 @@ def main(path):
           lambda m, run: [m[2], m[1], m[3], m[4], fmt(run["real_time"], 0), fmt(run["tok_s"], 0),
                           fmt(run["bytes_per_second"] / 1e9, 1), fmt(run["read_bw"] / 1e9, 1),
                           fmt(run["roof"])])
+    table(runs, r"BM_DecodeShort/(\w+)/(\w+)/kv:(\d+)/threads:(\d+)$",
+          ["decode, short caches, B=1, Hq=32, D=128", "type", "cache", "threads", "us/step",
+           "tok/s", "GB/s", "probe GB/s", "roof"],
+          lambda m, run: [m[2], m[1], m[3], m[4], fmt(run["real_time"], 1), fmt(run["tok_s"], 0),
+                          fmt(run["bytes_per_second"] / 1e9, 1), fmt(run["read_bw"] / 1e9, 1),
+                          fmt(run["roof"])])
     table(runs, r"BM_MlaDecode/(\w+)/(\w+)/kv:(\d+)/threads:(\d+)$",
           ["MLA decode, DeepSeek-V2-Lite attention", "type", "cache", "threads", "ms/step",
            "tok/s", "GB/s", "roof"],

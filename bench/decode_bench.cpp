@@ -32,8 +32,27 @@ void register_decode() {
   }
 }
 
+/// Short caches, where a decode step is a few tens of microseconds and the split of the keys
+/// decides whether the second core helps (see default_num_splits): MQA and GQA's one work item
+/// per kv head, at lengths that split in two (512, 1536) and in four (2560).
+void register_short_decode() {
+  for (Index num_kv_heads : {8, 1}) {
+    for (Index length : {512, 1536, 2560}) {
+      for (int threads : {1, 2}) {
+        const std::string name = std::string("BM_DecodeShort/f32/") +
+                                 variant_name(num_kv_heads) + "/kv:" + std::to_string(length) +
+                                 "/threads:" + std::to_string(threads);
+        benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
+          run_decode<float>(state, num_kv_heads, length, threads);
+        })->UseManualTime()->Unit(benchmark::kMicrosecond);
+      }
+    }
+  }
+}
+
 [[maybe_unused]] const bool registered = [] {
   register_decode<float>();
+  register_short_decode();
   register_decode<Eigen::bfloat16>();
   register_decode<std::int8_t>();
   return true;
