@@ -79,18 +79,17 @@ def main(path):
     table(runs, r"BM_PrefillBf16/(\w+)/S:(\d+)/threads:(\d+)$",
           ["prefill bf16 q/k/v, causal, Hq=32, D=128", "S", "threads", "ms", "GFLOP/s",
            "roof (f32 peak)", "vs f32"], bf16_row)
+    def decode_row(time_digits):
+        """Returns the row of a decode run: its time in us with `time_digits` decimals."""
+        return lambda m, run: [m[2], m[1], m[3], m[4], fmt(run["real_time"], time_digits),
+                               fmt(run["tok_s"], 0), fmt(run["bytes_per_second"] / 1e9, 1),
+                               fmt(run["read_bw"] / 1e9, 1), fmt(run["roof"])]
+
+    decode_columns = ["type", "cache", "threads", "us/step", "tok/s", "GB/s", "probe GB/s", "roof"]
     table(runs, r"BM_Decode/(\w+)/(\w+)/kv:(\d+)/threads:(\d+)$",
-          ["decode, B=1, Hq=32, D=128", "type", "cache", "threads", "us/step", "tok/s", "GB/s",
-           "probe GB/s", "roof"],
-          lambda m, run: [m[2], m[1], m[3], m[4], fmt(run["real_time"], 0), fmt(run["tok_s"], 0),
-                          fmt(run["bytes_per_second"] / 1e9, 1), fmt(run["read_bw"] / 1e9, 1),
-                          fmt(run["roof"])])
+          ["decode, B=1, Hq=32, D=128"] + decode_columns, decode_row(0))
     table(runs, r"BM_DecodeShort/(\w+)/(\w+)/kv:(\d+)/threads:(\d+)$",
-          ["decode, short caches, B=1, Hq=32, D=128", "type", "cache", "threads", "us/step",
-           "tok/s", "GB/s", "probe GB/s", "roof"],
-          lambda m, run: [m[2], m[1], m[3], m[4], fmt(run["real_time"], 1), fmt(run["tok_s"], 0),
-                          fmt(run["bytes_per_second"] / 1e9, 1), fmt(run["read_bw"] / 1e9, 1),
-                          fmt(run["roof"])])
+          ["decode, short caches, B=1, Hq=32, D=128"] + decode_columns, decode_row(1))
     table(runs, r"BM_MlaDecode/(\w+)/(\w+)/kv:(\d+)/threads:(\d+)$",
           ["MLA decode, DeepSeek-V2-Lite attention", "type", "cache", "threads", "ms/step",
            "tok/s", "GB/s", "roof"],

@@ -5,6 +5,7 @@
 
 #include <Eigen/Core>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "decode_steps.hpp"
@@ -16,12 +17,14 @@ const char* variant_name(Index num_kv_heads) {
   return num_kv_heads == 32 ? "mha" : num_kv_heads == 1 ? "mqa" : "gqa";
 }
 
+/// Registers `family`/<type>/<mha|gqa|mqa>/kv:<length>/threads:<n> for every combination.
 template <class T>
-void register_decode() {
-  for (Index num_kv_heads : {32, 8, 1}) {
-    for (Index length : {4096, 16384, 65536}) {
+void register_decode_steps(const std::string& family, std::initializer_list<Index> kv_heads,
+                           std::initializer_list<Index> lengths) {
+  for (Index num_kv_heads : kv_heads) {
+    for (Index length : lengths) {
       for (int threads : {1, 2}) {
-        const std::string name = std::string("BM_Decode/") + element_name<T>() + "/" +
+        const std::string name = family + "/" + element_name<T>() + "/" +
                                  variant_name(num_kv_heads) + "/kv:" + std::to_string(length) +
                                  "/threads:" + std::to_string(threads);
         benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
@@ -32,22 +35,16 @@ void register_decode() {
   }
 }
 
+template <class T>
+void register_decode() {
+  register_decode_steps<T>("BM_Decode", {32, 8, 1}, {4096, 16384, 65536});
+}
+
 /// Short caches, where a decode step is a few tens of microseconds and the split of the keys
 /// decides whether the second core helps (see default_num_splits): MQA and GQA's one work item
 /// per kv head, at lengths that split in two (512, 1536) and in four (2560).
 void register_short_decode() {
-  for (Index num_kv_heads : {8, 1}) {
-    for (Index length : {512, 1536, 2560}) {
-      for (int threads : {1, 2}) {
-        const std::string name = std::string("BM_DecodeShort/f32/") +
-                                 variant_name(num_kv_heads) + "/kv:" + std::to_string(length) +
-                                 "/threads:" + std::to_string(threads);
-        benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
-          run_decode<float>(state, num_kv_heads, length, threads);
-        })->UseManualTime()->Unit(benchmark::kMicrosecond);
-      }
-    }
-  }
+  register_decode_steps<float>("BM_DecodeShort", {8, 1}, {512, 1536, 2560});
 }
 
 [[maybe_unused]] const bool registered = [] {
