@@ -314,36 +314,73 @@ TEST_P(AttendTest, ResultsAreBitIdenticalForEveryThreadCount) {
   }
 }
 
-// Each thread keeps its scratch from call to call (attend.hpp: thread_scratch): a call must not
-// see what an earlier call of another shape left there. The first result comes from a new calling
-// thread (with GCC's OpenMP, new worker threads too).
+// Each thread keeps its scratch from call to call (attend.hpp: thread_scratch), unzeroed: a call
+// must not see what an earlier call of another shape left there, not even the NaN and inf of
+// non-finite inputs. The first results come from a new calling thread (with GCC's OpenMP, new
+// worker threads too).
 TEST_P(AttendTest, ResultsDoNotDependOnEarlierCallsOfOtherShapes) {
   std::mt19937 rng(37);
   // Decode over split keys (one kv head: five splits, in pairs whose first requests the second's
-  // first tile), odd dims.
-  const Index kv_len = 3000, heads = 6, dim = 40;
-  Tensor q(1, 1, heads, dim, Layout::kBshd, rng);
+  // first tile), odd dims (padded columns): 6 heads read K and V in place (streamed), 20 heads
+  // key-major tiles (padded rows, and the last tile partial).
+  const Index kv_len = 3000, dim = 40;
   Tensor k(1, kv_len, 1, dim, Layout::kBshd, rng);
   Tensor v(1, kv_len, 1, dim, Layout::kBshd, rng);
   AttentionOptions options;
   options.mask = Mask::causal();
   options.num_threads = 2;
+  std::vector<Tensor> queries;
+  queries.reserve(2);  // views point into their storage: no copies
+  for (Index heads : {6, 20}) queries.emplace_back(1, 1, heads, dim, Layout::kBshd, rng);
   const auto run = [&] {
-    std::vector<float> out(heads * dim, std::numeric_limits<float>::quiet_NaN());
-    attend(q.view, k.view, v.view, TensorView<float>::bshd(out.data(), 1, 1, heads, dim), options);
-    return out;
+    std::vector<std::vector<float>> outs;
+    for (const Tensor& q : queries) {
+      const Index heads = q.view.heads;
+      std::vector<float> out(heads * dim, std::numeric_limits<float>::quiet_NaN());
+      attend(q.view, k.view, v.view, TensorView<float>::bshd(out.data(), 1, 1, heads, dim),
+             options);
+      outs.push_back(std::move(out));
+    }
+    return outs;
   };
-  std::vector<float> fresh;
+  std::vector<std::vector<float>> fresh;
   std::thread([&] { fresh = run(); }).join();
+  const auto expect_fresh = [&](const std::string& after) {
+    const std::vector<std::vector<float>> again = run();
+    for (size_t i = 0; i < fresh.size(); ++i) {
+      EXPECT_EQ(std::memcmp(again[i].data(), fresh[i].data(), fresh[i].size() * sizeof(float)), 0)
+          << queries[i].view.heads << " heads, after " << after;
+    }
+  };
   // Larger calls of other shapes first: wider rows and dims, a sliding window, a softcap, and
   // logits of another scale (their scratch holds other values wherever the decode call looks).
   for (const Case& other : {Case{2, 130, 260, 8, 2, 96, 80, Mask::sliding_window(70), false, 30.0f,
                                  Layout::kBshd, 4.0f},
                             Case{1, 1, 3000, 8, 8, 128, 128, Mask::none()}}) {
     expect_matches_reference(other, rng, 2);
-    const std::vector<float> again = run();
-    EXPECT_EQ(std::memcmp(again.data(), fresh.data(), fresh.size() * sizeof(float)), 0)
-        << "after " << other.describe();
+    expect_fresh(other.describe());
+  }
+  // Calls whose every input is NaN or inf leave non-finite values all over the scratch: prefill
+  // (48 and 384 rows per kv head: key-major tiles) and decode (2 and 16 rows: streamed and
+  // key-major) of wider dims.
+  for (const float poison : {std::numeric_limits<float>::quiet_NaN(),
+                             std::numeric_limits<float>::infinity()}) {
+    for (const Index q_len : {Index{24}, Index{1}}) {
+      for (const Index heads : {Index{4}, Index{32}}) {
+        const Index poison_dim = 72, poison_keys = 200;
+        std::vector<float> q_in(q_len * heads * poison_dim, poison);
+        std::vector<float> kv_in(poison_keys * 2 * poison_dim, -poison);
+        std::vector<float> out(q_len * heads * poison_dim);
+        AttentionOptions poison_options;
+        poison_options.num_threads = 2;
+        attend(TensorView<const float>::bshd(q_in.data(), 1, q_len, heads, poison_dim),
+               TensorView<const float>::bshd(kv_in.data(), 1, poison_keys, 2, poison_dim),
+               TensorView<const float>::bshd(kv_in.data(), 1, poison_keys, 2, poison_dim),
+               TensorView<float>::bshd(out.data(), 1, q_len, heads, poison_dim), poison_options);
+        expect_fresh(std::to_string(poison) + " inputs, q_len " + std::to_string(q_len) + ", " +
+                     std::to_string(heads) + " heads");
+      }
+    }
   }
 }
 
