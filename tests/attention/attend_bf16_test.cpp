@@ -4,7 +4,9 @@
 // against the double-precision reference.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -145,6 +147,47 @@ TEST_P(AttendBf16Test, DenseMatchesReferenceOverRandomShapes) {
     const reference::Result expected =
         reference::attend(q.view(q.exact), k.view(k.exact), v.view(v.exact), options);
     expect_near_reference(expected, out, lse, batch, q_len, num_heads, dv);
+  }
+}
+
+/// Each thread keeps its scratch from call to call, unzeroed (attend.hpp: TileScratch::prepare):
+/// the NaN and inf that calls of non-finite inputs leave in the pair and tile buffers must not
+/// reach a later call. Shapes with partial tiles and padded rows: prefill and decode.
+TEST_P(AttendBf16Test, ResultsDoNotDependOnEarlierCallsOfNonFiniteInputs) {
+  std::mt19937 rng(79);
+  struct Shape {
+    Index q_len, kv_len, num_heads, num_kv_heads, dim;
+  };
+  const Shape shapes[] = {{37, 100, 8, 2, 64}, {1, 700, 20, 1, 64}};
+  const auto run = [&](const Shape& shape, const Bf16Tensor& q, const Bf16Tensor& k,
+                       const Bf16Tensor& v) {
+    std::vector<float> out(shape.q_len * shape.num_heads * shape.dim);
+    AttentionOptions options;
+    options.mask = Mask::causal();
+    options.num_threads = 2;
+    attend(q.view(q.values), k.view(k.values), v.view(v.values),
+           TensorView<float>::bshd(out.data(), 1, shape.q_len, shape.num_heads, shape.dim),
+           options);
+    return out;
+  };
+  for (const Shape& shape : shapes) {
+    const Bf16Tensor q(1, shape.q_len, shape.num_heads, shape.dim, false, rng);
+    const Bf16Tensor k(1, shape.kv_len, shape.num_kv_heads, shape.dim, false, rng);
+    const Bf16Tensor v(1, shape.kv_len, shape.num_kv_heads, shape.dim, false, rng);
+    const std::vector<float> fresh = run(shape, q, k, v);
+    for (const float poison : {std::numeric_limits<float>::quiet_NaN(),
+                               std::numeric_limits<float>::infinity()}) {
+      // A larger call, every input non-finite: 48 query rows of 128 dims per kv head.
+      const Shape wide{24, 300, 4, 2, 128};
+      Bf16Tensor q_bad(1, wide.q_len, wide.num_heads, wide.dim, false, rng);
+      Bf16Tensor kv_bad(1, wide.kv_len, wide.num_kv_heads, wide.dim, false, rng);
+      std::fill(q_bad.values.begin(), q_bad.values.end(), bfloat16(poison));
+      std::fill(kv_bad.values.begin(), kv_bad.values.end(), bfloat16(-poison));
+      run(wide, q_bad, kv_bad, kv_bad);
+      const std::vector<float> again = run(shape, q, k, v);
+      EXPECT_EQ(std::memcmp(again.data(), fresh.data(), fresh.size() * sizeof(float)), 0)
+          << "q_len " << shape.q_len << " after " << poison << " inputs";
+    }
   }
 }
 
