@@ -41,8 +41,9 @@ void register_decode() {
 }
 
 /// Short caches, where a decode step is a few tens of microseconds and the split of the keys
-/// decides whether the second core helps (see default_num_splits): MQA and GQA's one work item
-/// per kv head, at lengths that split in two (512, 1536) and in four (2560).
+/// decides whether the second core helps (see default_num_splits): MQA's lone work item, which
+/// splits in two at each of these lengths (two splits of 256 keys at 512), and GQA's one item per
+/// kv head, which does not split.
 void register_short_decode() {
   register_decode_steps<float>("BM_DecodeShort", {8, 1}, {512, 1536, 2560});
 }

@@ -53,8 +53,12 @@ inline constexpr Index kTargetRows = 512;
 /// threads, when each split still started on a tile nobody had requested and each call allocated
 /// its scratch), 8 splits ran 8% faster than 16.
 inline constexpr Index kSplitBelowItems = 8;
-/// No split covers fewer keys than this: below it, merging costs more than it parallelises...
-inline constexpr Index kMinKeysPerSplit = 512;
+/// No split covers fewer keys than this: each split loads its query rows again, a run of splits
+/// starts on a tile nobody has requested, and the parts are merged, which below it costs more
+/// than it parallelises... Measured on a Xeon (f32 decode from DRAM, 2 threads, medians of 4
+/// alternated runs) against 512: MQA at 4096 keys (4 splits, not 8) 10% faster (1 thread 6%),
+/// at 2560 keys (2, not 4) 4%, absorbed MLA (DeepSeek-V2-Lite) at 4096 keys 11%.
+inline constexpr Index kMinKeysPerSplit = 1024;
 /// ...except that a lone work item (decode of one sequence over a single kv head: MQA, MLA, or
 /// GQA's group of a one-kv-head model) is split in two from twice this many keys, so that a second
 /// core shares them. Measured on a Xeon (2 threads, 512 keys in L2, medians of 2000 calls): with
