@@ -264,12 +264,12 @@ struct WorkItem {
   static constexpr bool kTileProducts = kAmxProducts || kSplitProducts;
 
   /// The keys [k0, k1) of the tile being computed; `visible` when every row of the item sees
-  /// every one of them, `unmasked` when the tile is also full: then no logit of its kKeyTile
-  /// slots is masked.
+  /// every one of them.
   struct TileKeys {
     Index k0, k1;
     bool visible;
-    bool unmasked;
+    /// Whether no logit of the tile's kKeyTile slots is masked: every row sees a full tile.
+    bool unmasked() const { return visible && k1 - k0 == kKeyTile; }
   };
   /// The rows of a key-major tile that see any of its keys, and the requests for the next tile.
   struct KeyMajorRows {
@@ -326,9 +326,8 @@ struct WorkItem {
         tile.next_count = std::min(kKeyTile, (k1 < item_end ? item_end : fetch_end) - k1);
         gather_tile_rows(source, b, kv_head, k1, tile.next_count, tile.count, tile);
       }
-      const bool visible =
-          k0 >= keys.first(position(rows - 1)) && k1 <= keys.end(position(0));
-      const TileKeys span{k0, k1, visible, visible && k1 - k0 == kKeyTile};
+      const TileKeys span{
+          k0, k1, k0 >= keys.first(position(rows - 1)) && k1 <= keys.end(position(0))};
       if (shape.streamed) {
         streamed_tile(tile, span);
       } else {
@@ -452,7 +451,7 @@ struct WorkItem {
   void streamed_tile(const TileRows<Element>& tile, const TileKeys& span) {
     const Index k0 = span.k0;
     const Index k1 = span.k1;
-    const bool unmasked = span.unmasked;
+    const bool unmasked = span.unmasked();
     const Element* const* k_ahead = tile.k + prefetch_distance;
     const Index block_rows = rows;
     const auto [block_first, block_end] = block_keys(span, 0, block_rows);
@@ -630,7 +629,7 @@ struct WorkItem {
   void amx_tile(const TileRows<Element>& tile, const TileKeys& span, const KeyMajorRows& at) {
     const Index k0 = span.k0;
     const Index k1 = span.k1;
-    const bool unmasked = span.unmasked;
+    const bool unmasked = span.unmasked();
     const Index row_end = at.row_end;
     const Index packet_first = at.packet_first;
     const Index packet_end = at.packet_end;
