@@ -301,6 +301,9 @@ struct WorkItem {
   const Index prefetch_distance = std::clamp<Index>(
       kPrefetchBytes / (std::max(dk, dv) * static_cast<Index>(sizeof(Element))), 1,
       TileRows<Element>::kMaxDistance);
+  // Whether the decode products also request rows a phase ahead: only for a group of rows,
+  // whose products are long enough for the streams to idle between phases (see FarRows).
+  const bool far_requests = rows > 1;
 
   /// Computes the item's rows against the keys of range `split` (see visible_keys) and writes
   /// them to `out`, or to `sink`'s partial results when the keys are split. With
@@ -459,13 +462,13 @@ struct WorkItem {
     float* scores = scratch.scores.data();
     const Index k_bytes = dk * static_cast<Index>(sizeof(Element));
     const Index v_bytes = dv * static_cast<Index>(sizeof(Element));
-    // `ahead`: the source rows to request meanwhile; with `far`, the scores also request the
-    // tile's V rows and the next tile's K rows (see FarRows), unless an earlier product
-    // of the tile has.
+    // `ahead`: the source rows to request meanwhile; with `far` (and far_requests), the scores
+    // also request the tile's V rows and the next tile's K rows (see FarRows), unless an earlier
+    // product of the tile has.
     const auto scores_against = [&](const float* q_rows, const auto* k_rows, const float* k_scale,
                                     const Element* const* ahead, bool far, float* out_scores) {
       const FarRows<Element> far_rows =
-          far ? FarRows<Element>{tile.v, v_bytes, tile.k + tile.count, k_bytes}
+          far && far_requests ? FarRows<Element>{tile.v, v_bytes, tile.k + tile.count, k_bytes}
               : FarRows<Element>{};
       dispatch_rows(block_rows, [&](auto rows_tag) {
         dot_scores<decltype(rows_tag)::value>(q_rows, dk, k_rows, k_scale, tile.count, ahead,
@@ -534,7 +537,8 @@ struct WorkItem {
     }
     // The P.V requests the next tile's V rows as it goes (see FarRows).
     const SourceRows<Element> v_rows{tile.v, tile.v + prefetch_distance, v_bytes,
-                                     FarRows<Element>{tile.v + tile.count, v_bytes}};
+                                     far_requests ? FarRows<Element>{tile.v + tile.count, v_bytes}
+                                                  : FarRows<Element>{}};
     gemm_rows<Accumulate::kRescaleAndAdd>(block_rows, Lhs{scores, kKeyTile, 1}, v_rows, depth,
                                           scratch.o.data(), dv_pad, dv, scratch.rescale.data());
   }

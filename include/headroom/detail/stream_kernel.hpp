@@ -56,6 +56,15 @@ EIGEN_ALWAYS_INLINE void prefetch_row(const void* row, Index bytes) {
 /// 0.84, f32 MHA 0.88 -> 0.93, bf16 MHA 0.76 -> 0.83, bf16 GQA 0.60 -> 0.68, int8 MHA 0.68 ->
 /// 0.71. prefetcht2 the same as prefetcht1 there and on a Zen 4 VM; prefetcht0 (into L1) there
 /// 15-20% slower, and no far requests 20%; on Zen 5 prefetcht0 is faster (see kAheadLocality).
+///
+/// One row per kv head (MHA decode) requests nothing far ahead: its products are so short that the
+/// near requests and the hardware prefetchers keep both streams busy, and far requests only take
+/// fill buffers from them. Measured without them on a Xeon with AMX (the bench, 4k-64k keys, 1
+/// and 2 threads, medians of three alternated runs): f32 MHA 8-9% less time per step (roof 0.75
+/// -> 0.85), bf16 13-15%, int8 11-15%; a profile of decode there puts most of dot_scores' samples
+/// on prefetch instructions waiting for fill buffers. On Zen 5 f32 MHA was faster without them
+/// too, on Zen 4 the same either way; only the Xeon without AMX above, at an earlier state of the
+/// code, ran MHA faster with them.
 template <class T>
 struct FarRows {
   const T* const* rows = nullptr;
