@@ -425,13 +425,19 @@ class SafetensorsFile {
   Index parse_count(const nlohmann::json& value, const std::string& name, const char* field,
                     Index limit) const {
     const bool bounded = limit < std::numeric_limits<Index>::max();
-    HEADROOM_CHECK(value.is_number_unsigned() && value.get<std::uint64_t>() <=
-                                                     static_cast<std::uint64_t>(limit),
+    // Parsed text holds non-negative integers as unsigned; a header built in code may hold them
+    // signed.
+    const bool in_range =
+        value.is_number_unsigned()
+            ? value.get<std::uint64_t>() <= static_cast<std::uint64_t>(limit)
+            : value.is_number_integer() && value.get<std::int64_t>() >= 0 &&
+                  value.get<std::int64_t>() <= limit;
+    HEADROOM_CHECK(in_range,
                    kWhere, path_, ": tensor \"", name, "\" ", field, " (", value.dump(),
                    ") is not ",
                    bounded ? "an integer in [0, " + std::to_string(limit) + "]"
                            : std::string("a non-negative integer below 2^63"));
-    return static_cast<Index>(value.get<std::uint64_t>());
+    return static_cast<Index>(value.get<std::int64_t>());
   }
 
   SafetensorsTensor parse_tensor(const std::string& name, const nlohmann::json& entry,

@@ -1,0 +1,175 @@
+// SPDX-License-Identifier: MIT
+// Reads the fields of a Hugging Face config.json into headroom's configs: the RoPE scaling of
+// `rope_scaling`, and DeepSeek-V2's attention (MlaConfig).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include "headroom/core/error.hpp"
+#include "headroom/core/tensor_view.hpp"
+#include "headroom/io/checkpoint.hpp"
+#include "headroom/mla/mla_config.hpp"
+#include "headroom/position/rope.hpp"
+
+namespace headroom {
+namespace detail {
+
+/// Reads typed fields of one JSON object; every error names `where`, the source (a file, or a
+/// field path within one) and the field. A field that is null counts as absent, as
+/// transformers reads `"q_lora_rank": null`.
+class JsonFields {
+ public:
+  JsonFields(const nlohmann::json& object, std::string source, const char* where)
+      : object_(object), source_(std::move(source)), where_(where) {
+    HEADROOM_CHECK(object_.is_object(), where_, source_, " (", object_.dump(),
+                   ") is not a JSON object");
+  }
+
+  const std::string& source() const { return source_; }
+
+  /// Returns whether `field` is present and not null.
+  bool has(const char* field) const {
+    return object_.contains(field) && !object_.at(field).is_null();
+  }
+
+  /// Returns `field` (which must be present) as it is.
+  const nlohmann::json& at(const char* field) const {
+    HEADROOM_CHECK(has(field), where_, source_, ": field \"", field, "\" is missing");
+    return object_.at(field);
+  }
+
+  /// Returns the integer `field` in [0, 2^62], or `fallback` when it is absent (and has one).
+  Index count(const char* field, std::optional<Index> fallback = std::nullopt) const {
+    if (!has(field) && fallback.has_value()) return *fallback;
+    const nlohmann::json& value = at(field);
+    constexpr std::uint64_t kLimit = std::uint64_t{1} << 62;
+    // Parsed text holds non-negative integers as unsigned; values set in code may be signed.
+    const bool in_range = value.is_number_unsigned()
+                              ? value.get<std::uint64_t>() <= kLimit
+                              : value.is_number_integer() && value.get<std::int64_t>() >= 0;
+    HEADROOM_CHECK(in_range, where_,
+                   source_, ": field \"", field, "\" (", value.dump(),
+                   ") is not an integer in [0, 2^62]");
+    return static_cast<Index>(value.get<std::int64_t>());
+  }
+
+  /// Returns the finite number `field`, or `fallback` when it is absent (and has one).
+  double number(const char* field, std::optional<double> fallback = std::nullopt) const {
+    if (!has(field) && fallback.has_value()) return *fallback;
+    const nlohmann::json& value = at(field);
+    HEADROOM_CHECK(value.is_number() && std::isfinite(value.get<double>()), where_, source_,
+                   ": field \"", field, "\" (", value.dump(), ") is not a finite number");
+    return value.get<double>();
+  }
+
+  /// Returns the boolean `field`, or `fallback` when it is absent (and has one).
+  bool flag(const char* field, std::optional<bool> fallback = std::nullopt) const {
+    if (!has(field) && fallback.has_value()) return *fallback;
+    const nlohmann::json& value = at(field);
+    HEADROOM_CHECK(value.is_boolean(), where_, source_, ": field \"", field, "\" (",
+                   value.dump(), ") is not true or false");
+    return value.get<bool>();
+  }
+
+  /// Returns the string `field`, or `fallback` when it is absent (and has one).
+  std::string text(const char* field, std::optional<std::string> fallback = std::nullopt) const {
+    if (!has(field) && fallback.has_value()) return *fallback;
+    const nlohmann::json& value = at(field);
+    HEADROOM_CHECK(value.is_string(), where_, source_, ": field \"", field, "\" (",
+                   value.dump(), ") is not a string");
+    return value.get<std::string>();
+  }
+
+ private:
+  const nlohmann::json& object_;
+  std::string source_;
+  const char* where_;
+};
+
+}  // namespace detail
+
+/// Returns the RoPE scaling a config.json's `rope_scaling` object describes (null or absent:
+/// none), as transformers' modeling_rope_utils.py reads it: the kind from "rope_type" (or the
+/// older "type"): "default", "linear", "dynamic", "yarn" or "llama3"; their fields under the same
+/// names, with transformers' defaults (yarn: beta_fast 32, beta_slow 1, mscale and
+/// mscale_all_dim absent, truncate true; original_max_position_embeddings falls back to
+/// `max_position_embeddings` for yarn and is `max_position_embeddings` for dynamic). Other kinds
+/// ("longrope", ...) throw headroom::Error, as does a field of the wrong type. The values are not
+/// range-checked here: the RoPE table (or the config that holds the scaling) does that.
+inline RopeScaling rope_scaling_from_json(const nlohmann::json& config,
+                                          Index max_position_embeddings,
+                                          const std::string& source = "config.json") {
+  constexpr const char* kWhere = "rope_scaling_from_json";
+  const detail::JsonFields top(config, source, kWhere);
+  if (!top.has("rope_scaling")) return RopeScaling::none();
+  const detail::JsonFields fields(top.at("rope_scaling"), source + ": rope_scaling", kWhere);
+  const std::string type =
+      fields.has("rope_type") ? fields.text("rope_type") : fields.text("type", "default");
+  if (type == "default") return RopeScaling::none();
+  if (type == "linear") return RopeScaling::linear(fields.number("factor"));
+  if (type == "dynamic") {
+    return RopeScaling::dynamic_ntk(fields.number("factor"), max_position_embeddings);
+  }
+  if (type == "yarn") {
+    RopeScaling scaling = RopeScaling::yarn(
+        fields.number("factor"),
+        fields.count("original_max_position_embeddings", max_position_embeddings),
+        fields.number("mscale", 0.0), fields.number("mscale_all_dim", 0.0));
+    scaling.beta_fast = fields.number("beta_fast", 32.0);
+    scaling.beta_slow = fields.number("beta_slow", 1.0);
+    if (fields.has("attention_factor")) scaling.attention_factor = fields.number("attention_factor");
+    scaling.truncate = fields.flag("truncate", true);
+    return scaling;
+  }
+  if (type == "llama3") {
+    return RopeScaling::llama3(fields.number("factor"), fields.number("low_freq_factor"),
+                               fields.number("high_freq_factor"),
+                               fields.count("original_max_position_embeddings"));
+  }
+  detail::throw_error(kWhere, fields.source(), ": type \"", type,
+                      "\" is not one headroom implements (default, linear, dynamic, yarn, "
+                      "llama3)");
+}
+
+/// Returns the MlaConfig of a DeepSeek-V2 config.json (parsed), validated. Fields as
+/// transformers-style configuration_deepseek.py names them; "q_lora_rank": null (DeepSeek-V2-Lite)
+/// means no query compression; rope_theta defaults to 10000. DeepSeek's YaRN reads mscale as 1 and
+/// mscale_all_dim as 0 when the config omits them (DeepseekV2YarnRotaryEmbedding's defaults).
+inline MlaConfig mla_config_from_json(const nlohmann::json& config,
+                                      const std::string& source = "config.json") {
+  const detail::JsonFields fields(config, source, "mla_config_from_json");
+  MlaConfig mla;
+  mla.hidden_size = fields.count("hidden_size");
+  mla.num_attention_heads = fields.count("num_attention_heads");
+  mla.q_lora_rank = fields.count("q_lora_rank", 0);
+  mla.kv_lora_rank = fields.count("kv_lora_rank");
+  mla.qk_nope_head_dim = fields.count("qk_nope_head_dim");
+  mla.qk_rope_head_dim = fields.count("qk_rope_head_dim");
+  mla.v_head_dim = fields.count("v_head_dim");
+  mla.rms_norm_eps = fields.number("rms_norm_eps");
+  mla.rope_theta = fields.number("rope_theta", 10000.0);
+  mla.max_position_embeddings = fields.count("max_position_embeddings");
+  mla.rope_scaling = rope_scaling_from_json(config, mla.max_position_embeddings, source);
+  if (mla.rope_scaling.kind == RopeScaling::Kind::kYarn) {
+    const detail::JsonFields scaling(config.at("rope_scaling"), source + ": rope_scaling",
+                                     "mla_config_from_json");
+    mla.rope_scaling.mscale = scaling.number("mscale", 1.0);
+  }
+  mla.validate();
+  return mla;
+}
+
+/// Returns the MlaConfig of the checkpoint directory `directory` (its config.json).
+inline MlaConfig read_mla_config(const std::string& directory) {
+  const std::string path = detail::path_in(directory, "config.json");
+  return mla_config_from_json(detail::read_json_file(path, "read_mla_config"), path);
+}
+
+}  // namespace headroom
