@@ -96,6 +96,39 @@ TEST(SafetensorsTest, ReadsEveryFloatDtypeAsEveryElementType) {
   }
 }
 
+std::vector<unsigned char> data_bytes(size_t count) { return std::vector<unsigned char>(count, 1); }
+
+// "1,1,...,1", `count` ones.
+std::string ones(int count) {
+  std::string text = "1";
+  for (int i = 1; i < count; ++i) text += ",1";
+  return text;
+}
+
+TEST(SafetensorsTest, OpensEveryDtypeOfTheFormatAndNullMetadata) {
+  const SafetensorsFile st = SafetensorsFile::from_bytes(file_of(
+      R"({"__metadata__": null, "scales": {"dtype": "F8_E8M0", "shape": [2], "data_offsets": [0, 2]},)"
+      R"("packed": {"dtype": "F4", "shape": [2, 3], "data_offsets": [2, 5]},)"
+      R"("six": {"dtype": "F6_E2M3", "shape": [4], "data_offsets": [5, 8]},)"
+      R"("complex": {"dtype": "C64", "shape": [1], "data_offsets": [8, 16]}})",
+      data_bytes(16)));
+  EXPECT_TRUE(st.metadata().empty());
+  EXPECT_EQ(st.tensor("packed").bytes, 3);
+  EXPECT_EQ(safetensors_dtype_bits(st.tensor("six").dtype), 6);
+  expect_error([&] { st.read<float>("scales", {2}); }, "has dtype F8_E8M0, expected a floating");
+}
+
+TEST(SafetensorsTest, NarrowsF64BeyondF32AsIeeeDoes) {
+  const double max = std::numeric_limits<float>::max();
+  const std::vector<double> values = {1e300, -1e300, max * (1 + 0x1p-25), -max, 0x1p-160};
+  const SafetensorsFile st = SafetensorsFile::from_bytes(
+      safetensors_file({{"x", "F64", {5}, bytes_of(values)}}));
+  const std::vector<float> read = st.read<float>("x", {5});
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(read, (std::vector<float>{inf, -inf, std::numeric_limits<float>::max(),
+                                      -std::numeric_limits<float>::max(), 0.0f}));
+}
+
 TEST(SafetensorsTest, DescribesTensorsInDataOrderWithMetadata) {
   const std::vector<float> values = random_values(15, 2);
   auto tensors = every_float_dtype(values);
@@ -136,6 +169,15 @@ TEST(SafetensorsTest, OpensFilesFromDisk) {
   expect_error([&] { SafetensorsFile{path}; }, "SafetensorsFile: path (\"" + path + "\"): cannot open");
   const std::string directory = std::filesystem::temp_directory_path().string();
   expect_error([&] { SafetensorsFile{directory}; }, "is not a regular file");
+#if HEADROOM_HAS_MMAP
+  // A FIFO without a writer: refused at once, not waited on.
+  const std::string fifo =
+      (std::filesystem::temp_directory_path() / "headroom_safetensors_test.fifo").string();
+  std::remove(fifo.c_str());
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  expect_error([&] { SafetensorsFile{fifo}; }, "is not a regular file");
+  std::remove(fifo.c_str());
+#endif
 }
 
 TEST(SafetensorsTest, RefusesReadsOfAnotherShapeOrDtypeWithoutWriting) {
@@ -164,7 +206,6 @@ std::vector<unsigned char> with_length(std::uint64_t length, const std::string& 
   return file_of(length, rest, {});
 }
 
-std::vector<unsigned char> data_bytes(size_t count) { return std::vector<unsigned char>(count, 1); }
 
 TEST(SafetensorsTest, RefusesEveryMalformedHeaderByName) {
   const std::string one = R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
@@ -207,7 +248,10 @@ TEST(SafetensorsTest, RefusesEveryMalformedHeaderByName) {
       {"dims that overflow",
        file_of(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,4]}})",
                data_bytes(4)),
-       "needs more bytes than the data section has (4)"},
+       "shape [4294967296, 4294967296]... overflows 2^63 elements"},
+      {"more elements than the data holds",
+       file_of(R"({"t":{"dtype":"F32","shape":[1000],"data_offsets":[0,4]}})", data_bytes(4)),
+       "tensor \"t\" of shape [1000] and dtype F32 needs more bytes than the data section has (4)"},
       {"offsets not a pair", file_of(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0]}})",
                                      data_bytes(4)),
        "data_offsets ([0]) is not a pair"},
@@ -230,6 +274,25 @@ TEST(SafetensorsTest, RefusesEveryMalformedHeaderByName) {
        "tensor \"b\" starts at byte 8 of the data section, expected 4 (the bytes between"},
       {"bytes after the last tensor", file_of(one, data_bytes(6)),
        "the tensors cover 4 bytes of the data section, which has 6"},
+      {"a NUL in the header", file_of(std::string("{}\0{\"t\":1}", 10), {}),
+       "the header holds a NUL byte at offset 2"},
+      {"a name twice", file_of(R"({"t":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},)"
+                               R"("t":{"dtype":"I32","shape":[0],"data_offsets":[0,0]}})",
+                               {}),
+       "the header names \"t\" twice"},
+      {"a field twice", file_of(R"({"t":{"dtype":"F32","dtype":"I32","shape":[0],)"
+                                R"("data_offsets":[0,0]}})",
+                                {}),
+       "an entry names field \"dtype\" twice"},
+      {"a shape of rank 65", file_of(R"({"t":{"dtype":"F32","shape":[)" + ones(65) + "]}}", {}),
+       "holds an array or object of more than 64 elements"},
+      {"extents whose product overflows, then a zero",
+       file_of(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}})",
+               {}),
+       "shape [4294967296, 4294967296]... overflows 2^63 elements"},
+      {"half a byte of F4", file_of(R"({"t":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}})",
+                                    data_bytes(2)),
+       "of shape [3] and dtype F4 does not fill whole bytes"},
       {"metadata not an object", file_of(R"({"__metadata__":[1]})", {}),
        "\"__metadata__\" is not an object of strings"},
       {"metadata not strings", file_of(R"({"__metadata__":{"a":1}})", {}),

@@ -5,12 +5,15 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <limits>
 #include <map>
 #include <memory>
+#include <new>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -41,9 +44,10 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 namespace headroom {
 
 /// The element types a safetensors header names in its `dtype` fields (the format's list, from
-/// the safetensors repository's specification).
+/// the safetensors repository's specification, including the sub-byte and microscaling types).
 enum class SafetensorsDtype {
-  kBool, kU8, kI8, kF8E5M2, kF8E4M3, kI16, kU16, kF16, kBF16, kI32, kU32, kF32, kF64, kI64, kU64
+  kBool, kU8, kI8, kF8E5M2, kF8E4M3, kF8E8M0, kF4, kF6E2M3, kF6E3M2, kI16, kU16, kF16, kBF16,
+  kI32, kU32, kF32, kF64, kC64, kI64, kU64
 };
 
 namespace detail {
@@ -51,18 +55,20 @@ namespace detail {
 struct SafetensorsDtypeInfo {
   SafetensorsDtype dtype;
   const char* name;  // as written in the header
-  Index bytes;       // per element
+  Index bits;        // per element
 };
 
 inline constexpr SafetensorsDtypeInfo kSafetensorsDtypes[] = {
-    {SafetensorsDtype::kBool, "BOOL", 1},   {SafetensorsDtype::kU8, "U8", 1},
-    {SafetensorsDtype::kI8, "I8", 1},       {SafetensorsDtype::kF8E5M2, "F8_E5M2", 1},
-    {SafetensorsDtype::kF8E4M3, "F8_E4M3", 1}, {SafetensorsDtype::kI16, "I16", 2},
-    {SafetensorsDtype::kU16, "U16", 2},     {SafetensorsDtype::kF16, "F16", 2},
-    {SafetensorsDtype::kBF16, "BF16", 2},   {SafetensorsDtype::kI32, "I32", 4},
-    {SafetensorsDtype::kU32, "U32", 4},     {SafetensorsDtype::kF32, "F32", 4},
-    {SafetensorsDtype::kF64, "F64", 8},     {SafetensorsDtype::kI64, "I64", 8},
-    {SafetensorsDtype::kU64, "U64", 8},
+    {SafetensorsDtype::kBool, "BOOL", 8},       {SafetensorsDtype::kU8, "U8", 8},
+    {SafetensorsDtype::kI8, "I8", 8},           {SafetensorsDtype::kF8E5M2, "F8_E5M2", 8},
+    {SafetensorsDtype::kF8E4M3, "F8_E4M3", 8},  {SafetensorsDtype::kF8E8M0, "F8_E8M0", 8},
+    {SafetensorsDtype::kF4, "F4", 4},           {SafetensorsDtype::kF6E2M3, "F6_E2M3", 6},
+    {SafetensorsDtype::kF6E3M2, "F6_E3M2", 6},  {SafetensorsDtype::kI16, "I16", 16},
+    {SafetensorsDtype::kU16, "U16", 16},        {SafetensorsDtype::kF16, "F16", 16},
+    {SafetensorsDtype::kBF16, "BF16", 16},      {SafetensorsDtype::kI32, "I32", 32},
+    {SafetensorsDtype::kU32, "U32", 32},        {SafetensorsDtype::kF32, "F32", 32},
+    {SafetensorsDtype::kF64, "F64", 64},        {SafetensorsDtype::kC64, "C64", 64},
+    {SafetensorsDtype::kI64, "I64", 64},        {SafetensorsDtype::kU64, "U64", 64},
 };
 
 inline const SafetensorsDtypeInfo& dtype_info(SafetensorsDtype dtype) {
@@ -79,9 +85,10 @@ inline const char* safetensors_dtype_name(SafetensorsDtype dtype) {
   return detail::dtype_info(dtype).name;
 }
 
-/// Returns the bytes one element of `dtype` takes.
-inline Index safetensors_dtype_bytes(SafetensorsDtype dtype) {
-  return detail::dtype_info(dtype).bytes;
+/// Returns the bits one element of `dtype` takes (4 and 6 for the sub-byte types, whose tensors
+/// must hold whole bytes).
+inline Index safetensors_dtype_bits(SafetensorsDtype dtype) {
+  return detail::dtype_info(dtype).bits;
 }
 
 /// One tensor of a safetensors file, as its header describes it.
@@ -92,8 +99,10 @@ struct SafetensorsTensor {
   Index offset = 0;          // bytes from the start of the data section
   Index bytes = 0;
 
-  /// Returns the number of elements, the product of the shape (1 for a scalar).
+  /// Returns the number of elements, the product of the shape (1 for a scalar). (A file's
+  /// shapes are checked at opening: their products fit an Index.)
   Index num_elements() const {
+    if (std::find(shape.begin(), shape.end(), Index{0}) != shape.end()) return 0;
     Index count = 1;
     for (Index dim : shape) count *= dim;
     return count;
@@ -101,6 +110,13 @@ struct SafetensorsTensor {
 };
 
 namespace detail {
+
+/// Returns `value` as JSON text for messages, cut after 64 characters.
+inline std::string json_excerpt(const nlohmann::json& value) {
+  std::string text = value.dump();
+  if (text.size() > 64) text = text.substr(0, 64) + "...";
+  return text;
+}
 
 /// Formats a shape as "[2, 3]" for messages.
 inline std::string shape_string(const std::vector<Index>& shape) {
@@ -136,7 +152,8 @@ class FileBytes {
   static FileBytes open(const std::string& path, const char* where) {
     FileBytes file;
 #if HEADROOM_HAS_MMAP
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO would otherwise wait for a writer before the checks below.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     HEADROOM_CHECK(fd >= 0, where, "path (\"", path, "\"): cannot open: ", std::strerror(errno));
     struct stat status {};
     const bool stat_ok = ::fstat(fd, &status) == 0;
@@ -209,8 +226,9 @@ T load_unaligned(const unsigned char* bytes, Index i) {
 }
 
 /// Converts `count` stored floating-point elements of `dtype` at `bytes` to T (float,
-/// Eigen::bfloat16 or Eigen::half) at `out`: a plain copy when the types match, else through f32
-/// (exact from bf16 and f16; f64 and f32 round to nearest even once).
+/// Eigen::bfloat16 or Eigen::half) at `out`: a plain copy when the types match, else through f32:
+/// exact from bf16 and f16, one rounding to nearest even from f32, and from f64 one to f32 (values
+/// beyond f32's range become infinities) then one to T.
 template <class T>
 void convert_elements(SafetensorsDtype dtype, const unsigned char* bytes, Index count, T* out) {
   const auto to_out = [](float value) {
@@ -233,7 +251,17 @@ void convert_elements(SafetensorsDtype dtype, const unsigned char* bytes, Index 
       break;
     case SafetensorsDtype::kF64:
       for (Index i = 0; i < count; ++i) {
-        out[i] = to_out(static_cast<float>(load_unaligned<double>(bytes, i)));
+        const double value = load_unaligned<double>(bytes, i);
+        // Out of f32's range the cast is undefined in C++; the infinities are what IEEE gives.
+        // Below kOverflow (f32's largest value plus half its last unit) values round to it.
+        constexpr double kMax = std::numeric_limits<float>::max(), kOverflow = 0x1.ffffffp127;
+        constexpr float kInf = std::numeric_limits<float>::infinity();
+        const double magnitude = std::abs(value);
+        const float narrowed =
+            magnitude >= kOverflow ? std::copysign(kInf, static_cast<float>(value > 0 ? 1 : -1))
+            : magnitude > kMax     ? std::copysign(static_cast<float>(kMax), value > 0 ? 1.0f : -1.0f)
+                                   : static_cast<float>(value);
+        out[i] = to_out(narrowed);
       }
       break;
     case SafetensorsDtype::kBF16:
@@ -347,6 +375,9 @@ class SafetensorsFile {
   // The deepest a header nests, as nlohmann::json's parser callback counts: the top object's
   // members are at depth 1, a tensor's fields at 2, the entries of its shape and offsets at 3.
   static constexpr int kMaxHeaderDepth = 3;
+  // The most entries a shape (or any array or object inside an entry) may hold: far above any
+  // tensor's rank, and a bound on what the parsed header costs beyond its text.
+  static constexpr Index kMaxRank = 64;
 
   SafetensorsFile(detail::FileBytes bytes, std::string path)
       : bytes_(std::move(bytes)), path_(std::move(path)) {
@@ -370,19 +401,47 @@ class SafetensorsFile {
     const Index data_size = size - data_start_;
 
     const char* text = reinterpret_cast<const char*>(bytes_.data() + 8);
+    // nlohmann::json stops at a NUL as at the end of its input: a header with one could read
+    // differently here than in other readers.
+    const void* nul = std::memchr(text, 0, static_cast<size_t>(header_len));
+    HEADROOM_CHECK(nul == nullptr, kWhere, path_, ": the header holds a NUL byte at offset ",
+                   nul == nullptr ? 0 : static_cast<const char*>(nul) - text);
     nlohmann::json header;
     try {
-      // The callback refuses nesting deeper than the format's before it is built.
+      // The callback refuses, before they are built, nesting deeper than the format's, arrays
+      // longer than a shape, and names or fields given twice (which JSON leaves to the reader).
+      std::set<std::string> names, fields;
+      Index entries = 0;
+      using Event = nlohmann::json::parse_event_t;
       header = nlohmann::json::parse(
-          text, text + header_len,
-          [this](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+          text, text + header_len, [&](int depth, Event event, nlohmann::json& parsed) {
             HEADROOM_CHECK(depth <= kMaxHeaderDepth, kWhere, path_,
                            ": the header nests deeper (", depth,
                            ") than a safetensors header");
+            if ((event == Event::object_start || event == Event::array_start) && depth == 1) {
+              fields.clear();
+            }
+            if ((event == Event::object_start || event == Event::array_start) && depth == 2) {
+              entries = 0;
+            }
+            if ((event == Event::value || event == Event::key) && depth == 3) {
+              HEADROOM_CHECK(++entries <= kMaxRank, kWhere, path_,
+                             ": an entry of the header holds an array or object of more than ",
+                             kMaxRank, " elements");
+            }
+            if (event == Event::key && (depth == 1 || depth == 2)) {
+              const std::string& key = parsed.get_ref<const std::string&>();
+              HEADROOM_CHECK((depth == 1 ? names : fields).insert(key).second, kWhere, path_,
+                             depth == 1 ? ": the header names \"" : ": an entry names field \"",
+                             key, "\" twice");
+            }
             return true;
           });
     } catch (const nlohmann::json::exception& e) {
       detail::throw_error(kWhere, path_, ": the header is not valid JSON: ", e.what());
+    } catch (const std::bad_alloc&) {
+      detail::throw_error(kWhere, path_, ": the header (", header_len,
+                          " bytes) does not fit in memory once parsed");
     }
     HEADROOM_CHECK(header.is_object(), kWhere, path_, ": the header is not a JSON object");
 
@@ -412,6 +471,7 @@ class SafetensorsFile {
   }
 
   void parse_metadata(const nlohmann::json& entry) {
+    if (entry.is_null()) return;  // as the format's reader: no metadata
     HEADROOM_CHECK(entry.is_object(), kWhere, path_,
                    ": \"__metadata__\" is not an object of strings");
     for (const auto& [key, value] : entry.items()) {
@@ -433,7 +493,7 @@ class SafetensorsFile {
             : value.is_number_integer() && value.get<std::int64_t>() >= 0 &&
                   value.get<std::int64_t>() <= limit;
     HEADROOM_CHECK(in_range,
-                   kWhere, path_, ": tensor \"", name, "\" ", field, " (", value.dump(),
+                   kWhere, path_, ": tensor \"", name, "\" ", field, " (", detail::json_excerpt(value),
                    ") is not ",
                    bounded ? "an integer in [0, " + std::to_string(limit) + "]"
                            : std::string("a non-negative integer below 2^63"));
@@ -457,40 +517,48 @@ class SafetensorsFile {
       if (dtype.is_string() && dtype.get_ref<const std::string&>() == known.name) info = &known;
     }
     HEADROOM_CHECK(info != nullptr, kWhere, path_, ": tensor \"", name, "\" dtype (",
-                   dtype.dump(), ") is not one of the format's (F32, BF16, F16, I8, ...)");
+                   detail::json_excerpt(dtype), ") is not one of the format's (F32, BF16, F16, I8, ...)");
     tensor.dtype = info->dtype;
 
-    // Elements count against what the data section can hold, so no product overflows.
+    // Elements count against what the data section can hold, so no product overflows; the
+    // product of the nonzero extents must fit an Index too (as the format's reader requires).
     const nlohmann::json& shape = entry["shape"];
     HEADROOM_CHECK(shape.is_array(), kWhere, path_, ": tensor \"", name, "\" shape (",
-                   shape.dump(), ") is not an array");
-    const Index max_elements = data_size / info->bytes;
-    Index elements = 1;
-    bool empty = false;
+                   detail::json_excerpt(shape), ") is not an array");
+    const Index bits = info->bits;
+    const Index max_elements = data_size / bits * 8 + data_size % bits * 8 / bits;
+    constexpr Index kMaxIndex = std::numeric_limits<Index>::max();
+    Index nonzero_product = 1;
     for (const nlohmann::json& dim : shape) {
-      const Index extent = parse_count(dim, name, "shape entry", std::numeric_limits<Index>::max());
+      const Index extent = parse_count(dim, name, "shape entry", kMaxIndex);
       tensor.shape.push_back(extent);
-      if (extent == 0) empty = true;
-      if (!empty && elements > 0) {
-        elements = extent > max_elements / elements ? max_elements + 1 : elements * extent;
-      }
+      if (extent == 0) continue;
+      HEADROOM_CHECK(nonzero_product <= kMaxIndex / extent, kWhere, path_, ": tensor \"", name,
+                     "\" shape ", detail::shape_string(tensor.shape), "... overflows 2^63 elements");
+      nonzero_product *= extent;
     }
-    if (empty) elements = 0;
+    const bool empty = std::find(tensor.shape.begin(), tensor.shape.end(), Index{0}) !=
+                       tensor.shape.end();
+    const Index elements = empty ? 0 : nonzero_product;
     HEADROOM_CHECK(elements <= max_elements, kWhere, path_, ": tensor \"", name, "\" of shape ",
                    detail::shape_string(tensor.shape), " and dtype ", info->name,
                    " needs more bytes than the data section has (", data_size, ")");
+    HEADROOM_CHECK(elements * bits % 8 == 0, kWhere, path_, ": tensor \"", name, "\" of shape ",
+                   detail::shape_string(tensor.shape), " and dtype ", info->name,
+                   " does not fill whole bytes");
+    const Index needed = elements * bits / 8;
 
     const nlohmann::json& offsets = entry["data_offsets"];
     HEADROOM_CHECK(offsets.is_array() && offsets.size() == 2, kWhere, path_, ": tensor \"", name,
-                   "\" data_offsets (", offsets.dump(), ") is not a pair [begin, end]");
+                   "\" data_offsets (", detail::json_excerpt(offsets), ") is not a pair [begin, end]");
     const Index begin = parse_count(offsets[0], name, "data_offsets begin", data_size);
     const Index end = parse_count(offsets[1], name, "data_offsets end", data_size);
     HEADROOM_CHECK(begin <= end, kWhere, path_, ": tensor \"", name, "\" data_offsets [", begin,
                    ", ", end, "] end before they begin");
-    HEADROOM_CHECK(end - begin == elements * info->bytes, kWhere, path_, ": tensor \"", name,
+    HEADROOM_CHECK(end - begin == needed, kWhere, path_, ": tensor \"", name,
                    "\" data_offsets [", begin, ", ", end, "] hold ", end - begin,
                    " bytes, but shape ", detail::shape_string(tensor.shape), " of ", info->name,
-                   " needs ", elements * info->bytes);
+                   " needs ", needed);
     tensor.offset = begin;
     tensor.bytes = end - begin;
     return tensor;
