@@ -114,6 +114,90 @@ TEST(HfConfigTest, ReadsEveryRopeScalingKind) {
   EXPECT_FALSE(yarn.truncate);
 }
 
+// Llama 3.2 1B's, Qwen2.5 0.5B's and Mistral 7B v0.1's config.json fields (as published).
+const char* const kLlama32 = R"({"architectures": ["LlamaForCausalLM"], "attention_bias": false,
+  "bos_token_id": 128000, "eos_token_id": 128001, "head_dim": 64, "hidden_act": "silu",
+  "hidden_size": 2048, "intermediate_size": 8192, "max_position_embeddings": 131072,
+  "mlp_bias": false, "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 16,
+  "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 32.0,
+  "high_freq_factor": 4.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 8192,
+  "rope_type": "llama3"}, "rope_theta": 500000.0, "tie_word_embeddings": true,
+  "torch_dtype": "bfloat16", "vocab_size": 128256})";
+const char* const kQwen25 = R"({"architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu",
+  "hidden_size": 896, "intermediate_size": 4864, "max_position_embeddings": 32768,
+  "max_window_layers": 21, "model_type": "qwen2", "num_attention_heads": 14,
+  "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+  "sliding_window": 32768, "tie_word_embeddings": true, "use_sliding_window": false,
+  "vocab_size": 151936})";
+const char* const kMistral = R"({"architectures": ["MistralForCausalLM"], "hidden_act": "silu",
+  "hidden_size": 4096, "intermediate_size": 14336, "max_position_embeddings": 32768,
+  "model_type": "mistral", "num_attention_heads": 32, "num_hidden_layers": 32,
+  "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096,
+  "tie_word_embeddings": false, "vocab_size": 32000})";
+
+TEST(HfConfigTest, ReadsLlamaQwen2AndMistralDecoders) {
+  const DecoderConfig llama = decoder_config_from_json(nlohmann::json::parse(kLlama32));
+  EXPECT_EQ(llama.model_type, "llama");
+  EXPECT_EQ(llama.vocab_size, 128256);
+  EXPECT_EQ(llama.hidden_size, 2048);
+  EXPECT_EQ(llama.intermediate_size, 8192);
+  EXPECT_EQ(llama.num_hidden_layers, 16);
+  EXPECT_EQ(llama.num_attention_heads, 32);
+  EXPECT_EQ(llama.num_key_value_heads, 8);
+  EXPECT_EQ(llama.head_dim, 64);
+  EXPECT_EQ(llama.rms_norm_eps, 1e-5);
+  EXPECT_EQ(llama.rope_theta, 500000.0);
+  EXPECT_EQ(llama.rope_scaling.kind, RopeScaling::Kind::kLlama3);
+  EXPECT_EQ(llama.rope_scaling.factor, 32.0);
+  EXPECT_TRUE(llama.tie_word_embeddings);
+  EXPECT_FALSE(llama.qkv_bias);
+  EXPECT_FALSE(llama.o_bias);
+  EXPECT_EQ(llama.sliding_window, 0);
+
+  const DecoderConfig qwen = decoder_config_from_json(nlohmann::json::parse(kQwen25));
+  EXPECT_EQ(qwen.head_dim, 64);  // 896 / 14
+  EXPECT_EQ(qwen.num_key_value_heads, 2);
+  EXPECT_TRUE(qwen.qkv_bias);
+  EXPECT_FALSE(qwen.o_bias);
+  EXPECT_EQ(qwen.sliding_window, 0);  // use_sliding_window is false
+  EXPECT_EQ(qwen.rope_scaling.kind, RopeScaling::Kind::kNone);
+
+  const DecoderConfig mistral = decoder_config_from_json(nlohmann::json::parse(kMistral));
+  EXPECT_EQ(mistral.sliding_window, 4096);
+  EXPECT_EQ(mistral.head_dim, 128);
+  EXPECT_FALSE(mistral.tie_word_embeddings);
+
+  nlohmann::json no_kv = nlohmann::json::parse(kMistral);
+  no_kv.erase("num_key_value_heads");
+  no_kv["sliding_window"] = nullptr;
+  const DecoderConfig mha = decoder_config_from_json(no_kv);
+  EXPECT_EQ(mha.num_key_value_heads, 32);
+  EXPECT_EQ(mha.sliding_window, 0);
+}
+
+TEST(HfConfigTest, RefusesDecodersThatWouldComputeSomethingElse) {
+  const auto with = [](const char* base, const char* field, nlohmann::json value) {
+    nlohmann::json config = nlohmann::json::parse(base);
+    config[field] = std::move(value);
+    return config;
+  };
+  expect_error([&] { decoder_config_from_json(with(kLlama32, "model_type", "gpt2")); },
+               "decoder_config_from_json: config.json: model_type (\"gpt2\") is not a decoder "
+               "headroom runs (llama, mistral, qwen2)");
+  expect_error([&] { decoder_config_from_json(with(kLlama32, "hidden_act", "gelu")); },
+               "hidden_act (\"gelu\") is not \"silu\"");
+  expect_error([&] { decoder_config_from_json(with(kLlama32, "mlp_bias", true)); },
+               "mlp_bias (true) is not supported");
+  expect_error([&] { decoder_config_from_json(with(kQwen25, "use_sliding_window", true)); },
+               "use_sliding_window (true) is not supported for qwen2");
+  expect_error([&] { decoder_config_from_json(with(kLlama32, "num_key_value_heads", 7)); },
+               "DecoderConfig: num_attention_heads (32) is not a multiple of num_key_value_heads (7)");
+  expect_error([&] { decoder_config_from_json(with(kLlama32, "num_attention_heads", 0)); },
+               "num_attention_heads (0) must be positive");
+  expect_error([] { read_decoder_config("/nonexistent/headroom"); },
+               "read_decoder_config: path (\"/nonexistent/headroom/config.json\"): cannot open");
+}
+
 TEST(HfConfigTest, RefusesMissingOrMistypedFieldsByName) {
   expect_error([] { scaling_of(R"({"type": "longrope", "factor": 2})"); },
                "headroom::rope_scaling_from_json: config.json: rope_scaling: type \"longrope\" is "

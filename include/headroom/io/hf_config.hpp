@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Reads the fields of a Hugging Face config.json into headroom's configs: the RoPE scaling of
-// `rope_scaling`, and DeepSeek-V2's attention (MlaConfig).
+// `rope_scaling`, Llama-family decoders (DecoderConfig) and DeepSeek-V2's attention (MlaConfig).
 #pragma once
 
 #include <cmath>
@@ -16,6 +16,7 @@
 #include "headroom/core/tensor_view.hpp"
 #include "headroom/io/checkpoint.hpp"
 #include "headroom/mla/mla_config.hpp"
+#include "headroom/model/decoder_config.hpp"
 #include "headroom/position/rope.hpp"
 
 namespace headroom {
@@ -136,6 +137,65 @@ inline RopeScaling rope_scaling_from_json(const nlohmann::json& config,
   detail::throw_error(kWhere, fields.source(), ": type \"", type,
                       "\" is not one headroom implements (default, linear, dynamic, yarn, "
                       "llama3)");
+}
+
+/// Returns the DecoderConfig of a Llama, Mistral or Qwen2 config.json (parsed), validated, with
+/// transformers' defaults: num_key_value_heads = num_attention_heads, head_dim = hidden_size /
+/// num_attention_heads, rms_norm_eps 1e-6, rope_theta 10000, tie_word_embeddings false. Llama's
+/// attention_bias puts biases on q, k, v and o; Qwen2 has them on q, k and v always; Mistral's
+/// sliding_window (null: none) becomes the window. What these models' code would compute
+/// differently is refused rather than ignored: another model_type or hidden_act, Llama's
+/// mlp_bias, Qwen2's use_sliding_window.
+inline DecoderConfig decoder_config_from_json(const nlohmann::json& config,
+                                              const std::string& source = "config.json") {
+  constexpr const char* kWhere = "decoder_config_from_json";
+  const detail::JsonFields fields(config, source, kWhere);
+  DecoderConfig decoder;
+  decoder.model_type = fields.text("model_type");
+  const std::string& type = decoder.model_type;
+  HEADROOM_CHECK(type == "llama" || type == "mistral" || type == "qwen2", kWhere, source,
+                 ": model_type (\"", type,
+                 "\") is not a decoder headroom runs (llama, mistral, qwen2)");
+  const std::string act = fields.text("hidden_act", "silu");
+  HEADROOM_CHECK(act == "silu", kWhere, source, ": hidden_act (\"", act,
+                 "\") is not \"silu\", the SwiGLU these models use");
+  decoder.vocab_size = fields.count("vocab_size");
+  decoder.hidden_size = fields.count("hidden_size");
+  decoder.intermediate_size = fields.count("intermediate_size");
+  decoder.num_hidden_layers = fields.count("num_hidden_layers");
+  decoder.num_attention_heads = fields.count("num_attention_heads");
+  decoder.num_key_value_heads = fields.count("num_key_value_heads", decoder.num_attention_heads);
+  HEADROOM_CHECK(decoder.num_attention_heads > 0, kWhere, source,
+                 ": num_attention_heads (0) must be positive");
+  decoder.head_dim =
+      fields.count("head_dim", decoder.hidden_size / decoder.num_attention_heads);
+  decoder.max_position_embeddings = fields.count("max_position_embeddings");
+  decoder.rms_norm_eps = fields.number("rms_norm_eps", 1e-6);
+  decoder.rope_theta = fields.number("rope_theta", 10000.0);
+  decoder.rope_scaling =
+      rope_scaling_from_json(config, decoder.max_position_embeddings, source);
+  decoder.tie_word_embeddings = fields.flag("tie_word_embeddings", false);
+  if (type == "qwen2") {
+    decoder.qkv_bias = true;
+    HEADROOM_CHECK(!fields.flag("use_sliding_window", false), kWhere, source,
+                   ": use_sliding_window (true) is not supported for qwen2 (its window covers "
+                   "only some layers)");
+  } else {
+    decoder.qkv_bias = decoder.o_bias = fields.flag("attention_bias", false);
+  }
+  if (type == "llama") {
+    HEADROOM_CHECK(!fields.flag("mlp_bias", false), kWhere, source,
+                   ": mlp_bias (true) is not supported: the MLP has no biases here");
+  }
+  if (type == "mistral") decoder.sliding_window = fields.count("sliding_window", 0);
+  decoder.validate();
+  return decoder;
+}
+
+/// Returns the DecoderConfig of the checkpoint directory `directory` (its config.json).
+inline DecoderConfig read_decoder_config(const std::string& directory) {
+  const std::string path = detail::path_in(directory, "config.json");
+  return decoder_config_from_json(detail::read_json_file(path, "read_decoder_config"), path);
 }
 
 /// Returns the MlaConfig of a DeepSeek-V2 config.json (parsed), validated. Fields as

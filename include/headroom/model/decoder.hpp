@@ -1,0 +1,207 @@
+// SPDX-License-Identifier: MIT
+// A Llama-family decoder (Llama, Mistral, Qwen2) over one sequence: the layers' products in Eigen,
+// RoPE and attention through headroom's kernels, keys and values in one KvCache per layer.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "headroom/attention/attend.hpp"
+#include "headroom/cache/kv_cache.hpp"
+#include "headroom/core/error.hpp"
+#include "headroom/model/decoder_config.hpp"
+#include "headroom/model/decoder_weights.hpp"
+#include "headroom/position/rope.hpp"
+
+namespace headroom {
+
+/// How a Decoder runs: the most tokens its sequence may hold and the threads of its kernels.
+struct DecoderOptions {
+  /// Capacity of the KV caches (and rows of the RoPE table); 0 means max_position_embeddings.
+  Index max_tokens = 0;
+  /// Threads of attention; 0 means default_num_threads(). Eigen's products use Eigen's own.
+  int num_threads = 0;
+};
+
+/// Runs a decoder over one sequence, token by token or a prompt at a time. Each layer is
+/// (transformers' modeling_llama.py, LlamaDecoderLayer):
+///   x += o_proj(attention(rope(q_proj(h)), rope(k_proj(h)), v_proj(h))),  h = rms_norm(x)
+///   x += down_proj(silu(gate_proj(h)) * up_proj(h)),                       h = rms_norm(x)
+/// then logits = lm_head(rms_norm(x)). Attention is causal (or Mistral's sliding window) over the
+/// sequence so far, read from the layer's cache of CacheElement (float, Eigen::bfloat16,
+/// Eigen::half or std::int8_t). Activations are f32; RMSNorm sums squares in double.
+/// \tparam CacheElement the element type of the KV caches.
+template <class CacheElement = float>
+class Decoder {
+ public:
+  using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+  /// Takes the config and weights; throws headroom::Error if either is invalid or
+  /// options.max_tokens is negative or beyond max_position_embeddings.
+  Decoder(const DecoderConfig& config, DecoderWeights weights, const DecoderOptions& options = {})
+      : config_(validated(config)),
+        weights_(validated(config_, std::move(weights))),
+        max_tokens_(max_tokens_of(config_, options)),
+        num_threads_(options.num_threads),
+        rope_(std::make_unique<RopeTable>(rope_config())) {
+    KvCacheConfig cache;
+    cache.num_kv_heads = config_.num_key_value_heads;
+    cache.head_dim_k = cache.head_dim_v = config_.head_dim;
+    cache.num_sequences = 1;
+    cache.capacity = max_tokens_;
+    for (Index i = 0; i < config_.num_hidden_layers; ++i) caches_.emplace_back(cache);
+  }
+
+  const DecoderConfig& config() const { return config_; }
+  const DecoderWeights& weights() const { return weights_; }
+  /// The most tokens the sequence may hold.
+  Index max_tokens() const { return max_tokens_; }
+  /// The tokens fed so far: the position of the next one.
+  Index position() const { return position_; }
+  /// Bytes the KV caches hold for each token (all layers).
+  Index cache_bytes_per_token() const {
+    return config_.num_hidden_layers * caches_.front().bytes_per_token();
+  }
+
+  /// Feeds `tokens` at the next positions (a prompt, or the tokens sampled last) and returns the
+  /// logits of the last one, [vocab_size]. Throws headroom::Error, changing nothing, if `tokens`
+  /// is empty, holds an id outside [0, vocab_size), or would take the sequence past max_tokens.
+  Eigen::VectorXf forward(const std::vector<std::int32_t>& tokens) {
+    constexpr const char* kWhere = "Decoder::forward";
+    const Index count = static_cast<Index>(tokens.size());
+    HEADROOM_CHECK(count > 0, kWhere, "tokens is empty; expected at least one");
+    for (Index t = 0; t < count; ++t) {
+      HEADROOM_CHECK(tokens[t] >= 0 && tokens[t] < config_.vocab_size, kWhere, "tokens[", t,
+                     "] (", tokens[t], ") is outside [0, vocab_size (", config_.vocab_size, "))");
+    }
+    HEADROOM_CHECK(count <= max_tokens_ - position_, kWhere, "tokens (", count,
+                   ") would take the sequence from ", position_, " past max_tokens (",
+                   max_tokens_, ")");
+    update_rope(position_ + count);
+
+    const Index hidden = config_.hidden_size, heads = config_.num_attention_heads;
+    const Index kv_heads = config_.num_key_value_heads, head_dim = config_.head_dim;
+    RowMatrix x(count, hidden);  // [tokens, hidden]: the residual stream
+    for (Index t = 0; t < count; ++t) x.row(t) = weights_.embed_tokens.row(tokens[t]);
+    AttentionOptions options;
+    options.mask = config_.sliding_window > 0 ? Mask::sliding_window(config_.sliding_window)
+                                              : Mask::causal();
+    options.num_threads = num_threads_;
+    RowMatrix attended(count, heads * head_dim);  // [tokens, heads * head_dim]
+    for (Index i = 0; i < config_.num_hidden_layers; ++i) {
+      const DecoderLayerWeights& w = weights_.layers[static_cast<size_t>(i)];
+      RowMatrix h = rms_norm(x, w.input_layernorm);
+      RowMatrix q = h * w.q_proj.transpose();  // [tokens, heads * head_dim]
+      RowMatrix k = h * w.k_proj.transpose();  // [tokens, kv_heads * head_dim]
+      RowMatrix v = h * w.v_proj.transpose();
+      if (config_.qkv_bias) {
+        q.rowwise() += w.q_bias.transpose();
+        k.rowwise() += w.k_bias.transpose();
+        v.rowwise() += w.v_bias.transpose();
+      }
+      const auto q_view = TensorView<float>::bshd(q.data(), 1, count, heads, head_dim);
+      const auto k_view = TensorView<float>::bshd(k.data(), 1, count, kv_heads, head_dim);
+      apply_rope(*rope_, q_view, k_view, position_);
+      KvCache<CacheElement>& cache = caches_[static_cast<size_t>(i)];
+      cache.append(0, TensorView<const float>::bshd(k.data(), 1, count, kv_heads, head_dim),
+                   TensorView<const float>::bshd(v.data(), 1, count, kv_heads, head_dim));
+      attend(TensorView<const float>::bshd(q.data(), 1, count, heads, head_dim),
+             cache.view({0}),
+             TensorView<float>::bshd(attended.data(), 1, count, heads, head_dim), options);
+      x.noalias() += attended * w.o_proj.transpose();
+      if (config_.o_bias) x.rowwise() += w.o_bias.transpose();
+
+      h = rms_norm(x, w.post_attention_layernorm);
+      RowMatrix gate = h * w.gate_proj.transpose();  // [tokens, intermediate_size]
+      const RowMatrix up = h * w.up_proj.transpose();
+      // SwiGLU: silu(gate) * up, silu(g) = g / (1 + exp(-g)).
+      gate.array() = gate.array() / (1.0f + (-gate.array()).exp()) * up.array();
+      x.noalias() += gate * w.down_proj.transpose();
+    }
+    position_ += count;
+    const RowMatrix last = rms_norm(x.bottomRows(1), weights_.norm);  // [1, hidden]
+    const DecoderWeights::Matrix& head =
+        config_.tie_word_embeddings ? weights_.embed_tokens : weights_.lm_head;
+    return head * last.transpose();
+  }
+
+  /// Forgets the sequence: the next token is at position 0.
+  void reset() {
+    for (KvCache<CacheElement>& cache : caches_) cache.reset();
+    position_ = 0;
+  }
+
+  /// Keeps the first `length` tokens (rolling back tokens a speculative step rejected); throws
+  /// headroom::Error, changing nothing, unless 0 <= length <= position().
+  void truncate(Index length) {
+    HEADROOM_CHECK(length >= 0 && length <= position_, "Decoder::truncate", "length (", length,
+                   ") is outside [0, position (", position_, ")]");
+    for (KvCache<CacheElement>& cache : caches_) cache.truncate(0, length);
+    position_ = length;
+  }
+
+ private:
+  static DecoderConfig validated(const DecoderConfig& config) {
+    config.validate();
+    return config;
+  }
+  static DecoderWeights validated(const DecoderConfig& config, DecoderWeights weights) {
+    weights.validate(config);
+    return weights;
+  }
+  static Index max_tokens_of(const DecoderConfig& config, const DecoderOptions& options) {
+    HEADROOM_CHECK(options.max_tokens >= 0 && options.max_tokens <= config.max_position_embeddings,
+                   "Decoder", "options.max_tokens (", options.max_tokens,
+                   ") is outside [0, max_position_embeddings (", config.max_position_embeddings,
+                   ")] (0: max_position_embeddings)");
+    return options.max_tokens > 0 ? options.max_tokens : config.max_position_embeddings;
+  }
+
+  RopeConfig rope_config() const {
+    RopeConfig rope = config_.rope_config();
+    rope.max_positions = max_tokens_;
+    return rope;
+  }
+
+  /// Dynamic NTK grows the RoPE base with the sequence: as transformers' dynamic_rope_update,
+  /// the table is rebuilt for `length` tokens when they pass the longest it was built for beyond
+  /// the original context, and rebuilt plain when the sequence is back within it. Keys already
+  /// in the caches keep the rotation they were given, as in transformers.
+  void update_rope(Index length) {
+    if (config_.rope_scaling.kind != RopeScaling::Kind::kDynamicNtk) return;
+    const Index original = config_.rope_scaling.original_max_position_embeddings;
+    Index wanted = rope_length_;
+    if (length > std::max(rope_length_, original)) wanted = length;
+    if (length <= original && rope_length_ > original) wanted = 0;
+    if (wanted == rope_length_) return;
+    rope_ = std::make_unique<RopeTable>(rope_config(), wanted);
+    rope_length_ = wanted;
+  }
+
+  /// Returns RMSNorm of every row of `x` (HF LlamaRMSNorm): x / sqrt(mean(x^2) + eps) * weight.
+  RowMatrix rms_norm(const Eigen::Ref<const RowMatrix>& x, const Eigen::VectorXf& weight) const {
+    RowMatrix out(x.rows(), x.cols());
+    for (Index t = 0; t < x.rows(); ++t) {
+      const double mean_square = x.row(t).template cast<double>().squaredNorm() /
+                                 static_cast<double>(x.cols());
+      const float inverse = static_cast<float>(1.0 / std::sqrt(mean_square + config_.rms_norm_eps));
+      out.row(t) = (x.row(t) * inverse).cwiseProduct(weight.transpose());
+    }
+    return out;
+  }
+
+  DecoderConfig config_;
+  DecoderWeights weights_;
+  Index max_tokens_;
+  int num_threads_;
+  std::unique_ptr<RopeTable> rope_;
+  Index rope_length_ = 0;  // the sequence length the RoPE table was built for (dynamic NTK)
+  std::vector<KvCache<CacheElement>> caches_;  // [num_hidden_layers]
+  Index position_ = 0;
+};
+
+}  // namespace headroom
