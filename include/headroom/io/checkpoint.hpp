@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include <Eigen/Core>
 #include <nlohmann/json.hpp>
 
 #include "headroom/core/error.hpp"
@@ -156,5 +157,22 @@ class SafetensorsCheckpoint {
   std::vector<SafetensorsFile> files_;
   std::unordered_map<std::string, size_t> file_of_;  // tensor name -> position in files_
 };
+
+/// Returns the tensor `name` of `checkpoint`, of shape [rows, cols], as a row-major f32 matrix
+/// (torch's layout: a linear weight [out_features, in_features] copies in unchanged).
+inline Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> read_matrix(
+    const SafetensorsCheckpoint& checkpoint, const std::string& name, Index rows, Index cols) {
+  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> matrix(rows, cols);
+  checkpoint.read(name, {rows, cols}, matrix.data());
+  return matrix;
+}
+
+/// Returns the tensor `name` of `checkpoint`, of shape [size], as an f32 vector.
+inline Eigen::VectorXf read_vector(const SafetensorsCheckpoint& checkpoint,
+                                   const std::string& name, Index size) {
+  Eigen::VectorXf vector(size);
+  checkpoint.read(name, {size}, vector.data());
+  return vector;
+}
 
 }  // namespace headroom

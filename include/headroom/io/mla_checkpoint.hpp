@@ -20,14 +20,10 @@ inline MlaWeights read_mla_weights(const SafetensorsCheckpoint& checkpoint,
                                    const MlaConfig& config, const std::string& prefix) {
   config.validate();
   const auto matrix = [&](const char* name, Index rows, Index cols) {
-    MlaWeights::Matrix weight(rows, cols);  // row-major, as torch stores it
-    checkpoint.read(prefix + name + ".weight", {rows, cols}, weight.data());
-    return weight;
+    return read_matrix(checkpoint, prefix + name + ".weight", rows, cols);
   };
   const auto vector = [&](const char* name, Index size) {
-    Eigen::VectorXf weight(size);
-    checkpoint.read(prefix + name + ".weight", {size}, weight.data());
-    return weight;
+    return read_vector(checkpoint, prefix + name + ".weight", size);
   };
   const Index heads = config.num_attention_heads, hidden = config.hidden_size;
   MlaWeights weights;
