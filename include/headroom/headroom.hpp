@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The umbrella header: includes all of headroom's public API.
+// The umbrella header: includes headroom's public API but io/ (which needs nlohmann/json).
 #pragma once
 
 #include "headroom/version.hpp"
@@ -26,3 +26,9 @@
 #include "headroom/mla/mla_config.hpp"
 #include "headroom/mla/mla_cost.hpp"
 #include "headroom/mla/mla_weights.hpp"
+
+#include "headroom/model/decoder.hpp"
+#include "headroom/model/decoder_config.hpp"
+#include "headroom/model/decoder_weights.hpp"
+#include "headroom/model/generate.hpp"
+#include "headroom/model/sampler.hpp"

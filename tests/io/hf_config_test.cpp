@@ -153,6 +153,7 @@ TEST(HfConfigTest, ReadsLlamaQwen2AndMistralDecoders) {
   EXPECT_FALSE(llama.qkv_bias);
   EXPECT_FALSE(llama.o_bias);
   EXPECT_EQ(llama.sliding_window, 0);
+  EXPECT_EQ(llama.eos_token_ids, std::vector<std::int32_t>{128001});
 
   const DecoderConfig qwen = decoder_config_from_json(nlohmann::json::parse(kQwen25));
   EXPECT_EQ(qwen.head_dim, 64);  // 896 / 14
@@ -173,6 +174,12 @@ TEST(HfConfigTest, ReadsLlamaQwen2AndMistralDecoders) {
   const DecoderConfig mha = decoder_config_from_json(no_kv);
   EXPECT_EQ(mha.num_key_value_heads, 32);
   EXPECT_EQ(mha.sliding_window, 0);
+  EXPECT_TRUE(mha.eos_token_ids.empty());
+  no_kv["eos_token_id"] = {2, 7};
+  EXPECT_EQ(decoder_config_from_json(no_kv).eos_token_ids, (std::vector<std::int32_t>{2, 7}));
+  no_kv["eos_token_id"] = 32000;
+  expect_error([&] { decoder_config_from_json(no_kv); },
+               "eos_token_id (32000) is not a token id or a list of them in [0, vocab_size (32000))");
 }
 
 TEST(HfConfigTest, RefusesDecodersThatWouldComputeSomethingElse) {

@@ -188,6 +188,18 @@ inline DecoderConfig decoder_config_from_json(const nlohmann::json& config,
                    ": mlp_bias (true) is not supported: the MLP has no biases here");
   }
   if (type == "mistral") decoder.sliding_window = fields.count("sliding_window", 0);
+  if (fields.has("eos_token_id")) {
+    const nlohmann::json& eos = fields.at("eos_token_id");
+    const nlohmann::json ids = eos.is_array() ? eos : nlohmann::json::array({eos});
+    for (const nlohmann::json& id : ids) {
+      HEADROOM_CHECK(id.is_number_integer() && id.get<std::int64_t>() >= 0 &&
+                         id.get<std::int64_t>() < decoder.vocab_size,
+                     kWhere, source, ": eos_token_id (", detail::json_excerpt(eos),
+                     ") is not a token id or a list of them in [0, vocab_size (",
+                     decoder.vocab_size, "))");
+      decoder.eos_token_ids.push_back(static_cast<std::int32_t>(id.get<std::int64_t>()));
+    }
+  }
   decoder.validate();
   return decoder;
 }

@@ -4,7 +4,9 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "headroom/core/error.hpp"
 #include "headroom/core/tensor_view.hpp"
@@ -42,6 +44,8 @@ struct DecoderConfig {
   /// Mistral's `sliding_window`: each position attends to itself and the window - 1 before it;
   /// 0 means no window.
   Index sliding_window = 0;
+  /// config.json's `eos_token_id` (one id or a list): the tokens generation stops at.
+  std::vector<std::int32_t> eos_token_ids;
 
   /// Returns the rotate-half RoPE of the whole head dim over max_position_embeddings positions.
   RopeConfig rope_config() const {

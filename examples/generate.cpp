@@ -1,0 +1,184 @@
+// SPDX-License-Identifier: MIT
+// generate: runs a Llama, Mistral or Qwen2 checkpoint on a prompt of token ids and prints the
+// tokens it generates, with the prefill and decode speeds.
+//
+//   ./generate <checkpoint directory> <token id>... [options]
+//   ./generate [options]          (no checkpoint: a random model, to see the speeds)
+//
+// The directory is a Hugging Face one: config.json and model.safetensors (or its shards and
+// model.safetensors.index.json). headroom has no tokenizer: give the prompt as ids (e.g. from
+// `tokenizer.encode(text)` in Python) and decode the printed ids the same way. Generation stops at
+// config.json's eos_token_id, after --max-new tokens, or when the sequence is full.
+//
+// Options: --max-new N (32), --temperature T (0: greedy), --top-k K (0: all), --top-p P (1),
+// --seed S (0), --cache f32|bf16|int8 (bf16: the KV caches' element type), --max-tokens N
+// (4096: the KV caches' capacity), --threads N (0: all).
+#include <headroom/headroom.hpp>
+#include <headroom/io/decoder_checkpoint.hpp>
+#include <headroom/model/generate.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using headroom::Index;
+using Clock = std::chrono::steady_clock;
+
+struct Arguments {
+  std::string directory;  // empty: a random model
+  std::vector<std::int32_t> prompt;
+  headroom::GenerationConfig generation;
+  std::string cache = "bf16";
+  headroom::DecoderOptions options{4096, 0};
+};
+
+/// Returns the number in `text`, or exits with a message naming `flag`.
+double number(const std::string& flag, const char* text) {
+  char* end = nullptr;
+  const double value = std::strtod(text, &end);
+  if (end == text || *end != '\0') {
+    std::fprintf(stderr, "generate: %s needs a number, got \"%s\"\n", flag.c_str(), text);
+    std::exit(2);
+  }
+  return value;
+}
+
+Arguments parse(int argc, char** argv) {
+  Arguments args;
+  args.generation.max_new_tokens = 32;
+  args.generation.sampler.temperature = 0.0f;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--", 0) == 0) {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "generate: %s needs a value\n", arg.c_str());
+        std::exit(2);
+      }
+      const char* value = argv[++i];
+      headroom::SamplerConfig& sampler = args.generation.sampler;
+      if (arg == "--max-new") {
+        args.generation.max_new_tokens = static_cast<Index>(number(arg, value));
+      } else if (arg == "--temperature") {
+        sampler.temperature = static_cast<float>(number(arg, value));
+      } else if (arg == "--top-k") {
+        sampler.top_k = static_cast<Index>(number(arg, value));
+      } else if (arg == "--top-p") {
+        sampler.top_p = static_cast<float>(number(arg, value));
+      } else if (arg == "--seed") {
+        sampler.seed = static_cast<std::uint64_t>(number(arg, value));
+      } else if (arg == "--max-tokens") {
+        args.options.max_tokens = static_cast<Index>(number(arg, value));
+      } else if (arg == "--threads") {
+        args.options.num_threads = static_cast<int>(number(arg, value));
+      } else if (arg == "--cache") {
+        args.cache = value;
+      } else {
+        std::fprintf(stderr, "generate: unknown option %s\n", arg.c_str());
+        std::exit(2);
+      }
+    } else if (args.directory.empty() && args.prompt.empty() &&
+               arg.find_first_not_of("0123456789") != std::string::npos) {
+      args.directory = arg;
+    } else {
+      args.prompt.push_back(static_cast<std::int32_t>(number("a token id", arg.c_str())));
+    }
+  }
+  return args;
+}
+
+/// A random model with Llama 3.2 1B's attention layout (32 heads of 64 over 8 kv heads) at half
+/// its width and a quarter of its depth, and a 128-token random prompt.
+headroom::DecoderConfig random_model(Arguments& args) {
+  headroom::DecoderConfig config;
+  config.vocab_size = 32000;
+  config.hidden_size = 1024;
+  config.intermediate_size = 4096;
+  config.num_hidden_layers = 4;
+  config.num_attention_heads = 16;
+  config.num_key_value_heads = 4;
+  config.head_dim = 64;
+  config.max_position_embeddings = 8192;
+  config.rope_theta = 500000.0;
+  if (args.prompt.empty()) {
+    std::mt19937 rng(1);
+    for (int i = 0; i < 128; ++i) {
+      args.prompt.push_back(static_cast<std::int32_t>(rng() % config.vocab_size));
+    }
+  }
+  return config;
+}
+
+template <class CacheElement>
+void run(const Arguments& args, headroom::Decoder<CacheElement> decoder) {
+  headroom::GenerationConfig generation = args.generation;
+  generation.stop_tokens = decoder.config().eos_token_ids;
+  std::printf("model: %s, %ld layers, %ld heads over %ld kv heads of %ld, vocab %ld; %s cache, "
+              "%ld bytes per token\n",
+              decoder.config().model_type.c_str(), static_cast<long>(decoder.config().num_hidden_layers),
+              static_cast<long>(decoder.config().num_attention_heads),
+              static_cast<long>(decoder.config().num_key_value_heads),
+              static_cast<long>(decoder.config().head_dim),
+              static_cast<long>(decoder.config().vocab_size), args.cache.c_str(),
+              static_cast<long>(decoder.cache_bytes_per_token()));
+  std::printf("prompt: %zu tokens\ngenerated:", args.prompt.size());
+  std::fflush(stdout);
+  Clock::time_point start = Clock::now(), first_token;
+  const auto tokens = headroom::generate(decoder, args.prompt, generation, [&](std::int32_t id) {
+    if (first_token == Clock::time_point{}) first_token = Clock::now();
+    std::printf(" %d", id);
+    std::fflush(stdout);
+  });
+  const Clock::time_point end = Clock::now();
+  const double prefill = std::chrono::duration<double>(first_token - start).count();
+  const double decode = std::chrono::duration<double>(end - first_token).count();
+  std::printf("\nprefill: %.1f tokens/s (%.3f s); decode: %.1f tokens/s (%zu tokens)\n",
+              static_cast<double>(args.prompt.size()) / prefill, prefill,
+              tokens.size() > 1 ? static_cast<double>(tokens.size() - 1) / decode : 0.0,
+              tokens.size());
+}
+
+template <class CacheElement>
+void load_and_run(const Arguments& args) {
+  if (args.directory.empty()) {
+    Arguments random_args = args;
+    const headroom::DecoderConfig config = random_model(random_args);
+    std::printf("no checkpoint given: a random model\n");
+    run(random_args, headroom::Decoder<CacheElement>(
+                         config, headroom::DecoderWeights::random(config, 7), args.options));
+  } else {
+    if (args.prompt.empty()) {
+      std::fprintf(stderr, "generate: give the prompt's token ids after the directory\n");
+      std::exit(2);
+    }
+    run(args, headroom::load_decoder<CacheElement>(args.directory, args.options));
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Arguments args = parse(argc, argv);
+  try {
+    if (args.cache == "f32") {
+      load_and_run<float>(args);
+    } else if (args.cache == "bf16") {
+      load_and_run<Eigen::bfloat16>(args);
+    } else if (args.cache == "int8") {
+      load_and_run<std::int8_t>(args);
+    } else {
+      std::fprintf(stderr, "generate: --cache must be f32, bf16 or int8, got %s\n",
+                   args.cache.c_str());
+      return 2;
+    }
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "generate: %s\n", error.what());
+    return 1;
+  }
+  return 0;
+}
