@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "headroom/core/config_checks.hpp"
 #include "headroom/core/error.hpp"
 #include "headroom/core/tensor_view.hpp"
 #include "headroom/position/rope.hpp"
@@ -117,22 +118,13 @@ struct MlaConfig {
   /// what was expected.
   void validate() const {
     constexpr const char* kWhere = "MlaConfig";
-    // Every weight must be addressable: a limit of 2^24 per dim and per head-stacked dim keeps
-    // the largest matrix (2^48 elements at most) far from overflowing Index.
-    constexpr Index kDimLimit = Index{1} << 24;
-    const struct {
-      const char* name;
-      Index value;
-    } dims[] = {{"hidden_size", hidden_size},
-                {"num_attention_heads", num_attention_heads},
-                {"kv_lora_rank", kv_lora_rank},
-                {"qk_nope_head_dim", qk_nope_head_dim},
-                {"qk_rope_head_dim", qk_rope_head_dim},
-                {"v_head_dim", v_head_dim}};
-    for (const auto& dim : dims) {
-      HEADROOM_CHECK(dim.value > 0 && dim.value <= kDimLimit, kWhere, dim.name, " (", dim.value,
-                     ") must be in [1, ", kDimLimit, "]");
-    }
+    detail::check_config_dims(kWhere, {{"hidden_size", hidden_size},
+                                       {"num_attention_heads", num_attention_heads},
+                                       {"kv_lora_rank", kv_lora_rank},
+                                       {"qk_nope_head_dim", qk_nope_head_dim},
+                                       {"qk_rope_head_dim", qk_rope_head_dim},
+                                       {"v_head_dim", v_head_dim}});
+    constexpr Index kDimLimit = detail::kMaxConfigDim;
     HEADROOM_CHECK(q_lora_rank >= 0 && q_lora_rank <= kDimLimit, kWhere, "q_lora_rank (",
                    q_lora_rank, ") must be in [1, ", kDimLimit, "], or 0 for no query compression");
     HEADROOM_CHECK(max_position_embeddings > 0, kWhere, "max_position_embeddings (",
@@ -143,10 +135,8 @@ struct MlaConfig {
                    per_head, ") exceeds ", kDimLimit);
     HEADROOM_CHECK(qk_rope_head_dim % 2 == 0, kWhere, "qk_rope_head_dim (", qk_rope_head_dim,
                    ") must be even: RoPE rotates dims in pairs");
-    HEADROOM_CHECK(rms_norm_eps > 0.0 && std::isfinite(rms_norm_eps), kWhere, "rms_norm_eps (",
-                   rms_norm_eps, ") must be a finite number > 0");
-    HEADROOM_CHECK(rope_theta > 1.0 && std::isfinite(rope_theta), kWhere, "rope_theta (",
-                   rope_theta, ") must be a finite number > 1");
+    detail::check_finite_above(kWhere, "rms_norm_eps", rms_norm_eps, 0.0);
+    detail::check_finite_above(kWhere, "rope_theta", rope_theta, 1.0);
     using Kind = RopeScaling::Kind;
     const Kind kind = rope_scaling.kind;
     HEADROOM_CHECK(kind == Kind::kNone || kind == Kind::kLinear || kind == Kind::kYarn, kWhere,

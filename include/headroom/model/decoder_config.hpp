@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "headroom/core/config_checks.hpp"
 #include "headroom/core/error.hpp"
 #include "headroom/core/tensor_view.hpp"
 #include "headroom/position/rope.hpp"
@@ -63,37 +64,27 @@ struct DecoderConfig {
   /// what was expected.
   void validate() const {
     constexpr const char* kWhere = "DecoderConfig";
-    // A limit of 2^24 per dim keeps every weight (2^48 elements at most) far from overflowing.
-    constexpr Index kDimLimit = Index{1} << 24;
-    const struct {
-      const char* name;
-      Index value;
-    } dims[] = {{"vocab_size", vocab_size},
-                {"hidden_size", hidden_size},
-                {"intermediate_size", intermediate_size},
-                {"num_hidden_layers", num_hidden_layers},
-                {"num_attention_heads", num_attention_heads},
-                {"num_key_value_heads", num_key_value_heads},
-                {"head_dim", head_dim}};
-    for (const auto& dim : dims) {
-      HEADROOM_CHECK(dim.value > 0 && dim.value <= kDimLimit, kWhere, dim.name, " (", dim.value,
-                     ") must be in [1, ", kDimLimit, "]");
-    }
+    detail::check_config_dims(kWhere, {{"vocab_size", vocab_size},
+                                       {"hidden_size", hidden_size},
+                                       {"intermediate_size", intermediate_size},
+                                       {"num_hidden_layers", num_hidden_layers},
+                                       {"num_attention_heads", num_attention_heads},
+                                       {"num_key_value_heads", num_key_value_heads},
+                                       {"head_dim", head_dim}});
     HEADROOM_CHECK(num_attention_heads % num_key_value_heads == 0, kWhere,
                    "num_attention_heads (", num_attention_heads,
                    ") is not a multiple of num_key_value_heads (", num_key_value_heads, ")");
-    HEADROOM_CHECK(num_attention_heads * head_dim <= kDimLimit, kWhere, "num_attention_heads (",
-                   num_attention_heads, ") x head_dim (", head_dim, ") exceeds ", kDimLimit);
+    HEADROOM_CHECK(num_attention_heads * head_dim <= detail::kMaxConfigDim, kWhere,
+                   "num_attention_heads (", num_attention_heads, ") x head_dim (", head_dim,
+                   ") exceeds ", detail::kMaxConfigDim);
     HEADROOM_CHECK(head_dim % 2 == 0, kWhere, "head_dim (", head_dim,
                    ") must be even: RoPE rotates dims in pairs");
     HEADROOM_CHECK(max_position_embeddings > 0, kWhere, "max_position_embeddings (",
                    max_position_embeddings, ") must be positive");
     HEADROOM_CHECK(sliding_window >= 0, kWhere, "sliding_window (", sliding_window,
                    ") must be >= 0 (0: no window)");
-    HEADROOM_CHECK(rms_norm_eps > 0.0 && std::isfinite(rms_norm_eps), kWhere, "rms_norm_eps (",
-                   rms_norm_eps, ") must be a finite number > 0");
-    HEADROOM_CHECK(rope_theta > 1.0 && std::isfinite(rope_theta), kWhere, "rope_theta (",
-                   rope_theta, ") must be a finite number > 1");
+    detail::check_finite_above(kWhere, "rms_norm_eps", rms_norm_eps, 0.0);
+    detail::check_finite_above(kWhere, "rope_theta", rope_theta, 1.0);
     // The scaling's own checks, under the table's messages.
     static_cast<void>(detail::check_rope_config(rope_config(), 0));
   }
