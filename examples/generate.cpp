@@ -12,14 +12,19 @@
 //
 // Options: --max-new N (32), --temperature T (0: greedy), --top-k K (0: all), --top-p P (1),
 // --seed S (0), --cache f32|bf16|int8 (bf16: the KV caches' element type), --max-tokens N
-// (4096: the KV caches' capacity), --threads N (0: all).
+// (the KV caches' capacity: 4096, or max_position_embeddings if smaller), --threads N (0: all).
 #include <headroom/headroom.hpp>
 #include <headroom/io/decoder_checkpoint.hpp>
 #include <headroom/model/generate.hpp>
 
+#include <cerrno>
 #include <chrono>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
+#include <limits>
 #include <exception>
 #include <random>
 #include <string>
@@ -35,18 +40,37 @@ struct Arguments {
   std::vector<std::int32_t> prompt;
   headroom::GenerationConfig generation;
   std::string cache = "bf16";
-  headroom::DecoderOptions options{4096, 0};
+  headroom::DecoderOptions options{0, 0};  // max_tokens 0: see capacity()
 };
 
-/// Returns the number in `text`, or exits with a message naming `flag`.
-double number(const std::string& flag, const char* text) {
+[[noreturn]] void usage_error(const std::string& what, const char* text) {
+  std::fprintf(stderr, "generate: %s, got \"%s\"\n", what.c_str(), text);
+  std::exit(2);
+}
+
+/// Returns the whole number in `text` if it lies in [low, high], else exits naming `what`.
+long long integer(const std::string& what, const char* text, long long low, long long high) {
   char* end = nullptr;
-  const double value = std::strtod(text, &end);
-  if (end == text || *end != '\0') {
-    std::fprintf(stderr, "generate: %s needs a number, got \"%s\"\n", flag.c_str(), text);
-    std::exit(2);
+  errno = 0;
+  const long long value = std::strtoll(text, &end, 10);
+  if (end == text || *end != '\0' || errno != 0 || value < low || value > high) {
+    usage_error(what + " needs a whole number in [" + std::to_string(low) + ", " +
+                    std::to_string(high) + "]",
+                text);
   }
   return value;
+}
+
+/// Returns the finite number in `text` if it lies in [low, high], else exits naming `what`.
+float real(const std::string& what, const char* text, float low, float high) {
+  char* end = nullptr;
+  const double value = std::strtod(text, &end);
+  if (end == text || *end != '\0' || !std::isfinite(value) || value < low || value > high) {
+    usage_error(what + " needs a number in [" + std::to_string(low) + ", " +
+                    std::to_string(high) + "]",
+                text);
+  }
+  return static_cast<float>(value);
 }
 
 Arguments parse(int argc, char** argv) {
@@ -62,20 +86,21 @@ Arguments parse(int argc, char** argv) {
       }
       const char* value = argv[++i];
       headroom::SamplerConfig& sampler = args.generation.sampler;
+      constexpr long long kMost = 1LL << 40;
       if (arg == "--max-new") {
-        args.generation.max_new_tokens = static_cast<Index>(number(arg, value));
+        args.generation.max_new_tokens = static_cast<Index>(integer(arg, value, 0, kMost));
       } else if (arg == "--temperature") {
-        sampler.temperature = static_cast<float>(number(arg, value));
+        sampler.temperature = real(arg, value, 0.0f, 1e6f);
       } else if (arg == "--top-k") {
-        sampler.top_k = static_cast<Index>(number(arg, value));
+        sampler.top_k = static_cast<Index>(integer(arg, value, 0, kMost));
       } else if (arg == "--top-p") {
-        sampler.top_p = static_cast<float>(number(arg, value));
+        sampler.top_p = real(arg, value, 1e-6f, 1.0f);
       } else if (arg == "--seed") {
-        sampler.seed = static_cast<std::uint64_t>(number(arg, value));
+        sampler.seed = static_cast<std::uint64_t>(integer(arg, value, 0, kMost));
       } else if (arg == "--max-tokens") {
-        args.options.max_tokens = static_cast<Index>(number(arg, value));
+        args.options.max_tokens = static_cast<Index>(integer(arg, value, 1, kMost));
       } else if (arg == "--threads") {
-        args.options.num_threads = static_cast<int>(number(arg, value));
+        args.options.num_threads = static_cast<int>(integer(arg, value, 0, 4096));
       } else if (arg == "--cache") {
         args.cache = value;
       } else {
@@ -86,10 +111,21 @@ Arguments parse(int argc, char** argv) {
                arg.find_first_not_of("0123456789") != std::string::npos) {
       args.directory = arg;
     } else {
-      args.prompt.push_back(static_cast<std::int32_t>(number("a token id", arg.c_str())));
+      args.prompt.push_back(
+          static_cast<std::int32_t>(integer("a token id", arg.c_str(), 0, std::numeric_limits<std::int32_t>::max())));
     }
   }
   return args;
+}
+
+/// Returns the options with the caches' capacity resolved: as given, else 4096 tokens or the
+/// model's max_position_embeddings if that is smaller.
+headroom::DecoderOptions capacity(const Arguments& args, const headroom::DecoderConfig& config) {
+  headroom::DecoderOptions options = args.options;
+  if (options.max_tokens == 0) {
+    options.max_tokens = std::min<Index>(4096, config.max_position_embeddings);
+  }
+  return options;
 }
 
 /// A random model with Llama 3.2 1B's attention layout (32 heads of 64 over 8 kv heads) at half
@@ -135,10 +171,11 @@ void run(const Arguments& args, headroom::Decoder<CacheElement> decoder) {
     std::fflush(stdout);
   });
   const Clock::time_point end = Clock::now();
+  if (tokens.empty()) first_token = end;
   const double prefill = std::chrono::duration<double>(first_token - start).count();
   const double decode = std::chrono::duration<double>(end - first_token).count();
   std::printf("\nprefill: %.1f tokens/s (%.3f s); decode: %.1f tokens/s (%zu tokens)\n",
-              static_cast<double>(args.prompt.size()) / prefill, prefill,
+              prefill > 0 ? static_cast<double>(args.prompt.size()) / prefill : 0.0, prefill,
               tokens.size() > 1 ? static_cast<double>(tokens.size() - 1) / decode : 0.0,
               tokens.size());
 }
@@ -150,13 +187,15 @@ void load_and_run(const Arguments& args) {
     const headroom::DecoderConfig config = random_model(random_args);
     std::printf("no checkpoint given: a random model\n");
     run(random_args, headroom::Decoder<CacheElement>(
-                         config, headroom::DecoderWeights::random(config, 7), args.options));
+                         config, headroom::DecoderWeights::random(config, 7),
+                         capacity(args, config)));
   } else {
     if (args.prompt.empty()) {
       std::fprintf(stderr, "generate: give the prompt's token ids after the directory\n");
       std::exit(2);
     }
-    run(args, headroom::load_decoder<CacheElement>(args.directory, args.options));
+    const headroom::DecoderConfig config = headroom::read_decoder_config(args.directory);
+    run(args, headroom::load_decoder<CacheElement>(args.directory, capacity(args, config)));
   }
 }
 

@@ -168,18 +168,46 @@ TEST(HfConfigTest, ReadsLlamaQwen2AndMistralDecoders) {
   EXPECT_EQ(mistral.head_dim, 128);
   EXPECT_FALSE(mistral.tie_word_embeddings);
 
+  // Fields left out take the defaults of the model's transformers config class; null ones mean
+  // none (the window) or MHA (the kv heads).
+  nlohmann::json sparse = nlohmann::json::parse(kMistral);
+  sparse.erase("num_key_value_heads");
+  sparse.erase("sliding_window");
+  const DecoderConfig mistral_defaults = decoder_config_from_json(sparse);
+  EXPECT_EQ(mistral_defaults.num_key_value_heads, 8);
+  EXPECT_EQ(mistral_defaults.sliding_window, 4096);
   nlohmann::json no_kv = nlohmann::json::parse(kMistral);
-  no_kv.erase("num_key_value_heads");
+  no_kv["num_key_value_heads"] = nullptr;
   no_kv["sliding_window"] = nullptr;
+  no_kv["attention_bias"] = true;  // MistralAttention has no biases whatever this says
   const DecoderConfig mha = decoder_config_from_json(no_kv);
   EXPECT_EQ(mha.num_key_value_heads, 32);
   EXPECT_EQ(mha.sliding_window, 0);
+  EXPECT_FALSE(mha.qkv_bias);
+  EXPECT_FALSE(mha.o_bias);
   EXPECT_TRUE(mha.eos_token_ids.empty());
   no_kv["eos_token_id"] = {2, 7};
   EXPECT_EQ(decoder_config_from_json(no_kv).eos_token_ids, (std::vector<std::int32_t>{2, 7}));
   no_kv["eos_token_id"] = 32000;
   expect_error([&] { decoder_config_from_json(no_kv); },
                "eos_token_id (32000) is not a token id or a list of them in [0, vocab_size (32000))");
+}
+
+TEST(HfConfigTest, ReadsTransformersV5RopeParameters) {
+  // transformers v5 moves rope_theta and the scaling into one rope_parameters object.
+  nlohmann::json v5 = nlohmann::json::parse(kLlama32);
+  v5["rope_parameters"] = v5["rope_scaling"];
+  v5["rope_parameters"]["rope_theta"] = 500000.0;
+  v5.erase("rope_scaling");
+  v5.erase("rope_theta");
+  const DecoderConfig llama = decoder_config_from_json(v5);
+  EXPECT_EQ(llama.rope_theta, 500000.0);
+  EXPECT_EQ(llama.rope_scaling.kind, RopeScaling::Kind::kLlama3);
+  EXPECT_EQ(llama.rope_scaling.original_max_position_embeddings, 8192);
+  v5["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1e6}};
+  const DecoderConfig plain = decoder_config_from_json(v5);
+  EXPECT_EQ(plain.rope_theta, 1e6);
+  EXPECT_EQ(plain.rope_scaling.kind, RopeScaling::Kind::kNone);
 }
 
 TEST(HfConfigTest, RefusesDecodersThatWouldComputeSomethingElse) {

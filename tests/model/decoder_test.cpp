@@ -269,8 +269,10 @@ TEST(DecoderTest, RefusesBadTokensAndLengthsWithoutChangingState) {
   fresh.forward({1, 2, 3});
   EXPECT_EQ(decoder.forward({4}), fresh.forward({4}));
 
-  expect_error([&] { Decoder<float>(config, weights, DecoderOptions{65, 1}); },
-               "Decoder: options.max_tokens (65) is outside [0, max_position_embeddings (64)]");
+  expect_error([&] { Decoder<float>(config, weights, DecoderOptions{-1, 1}); },
+               "Decoder: options.max_tokens (-1) must be >= 0");
+  expect_error([&] { Decoder<float>(config, weights, DecoderOptions{8, -1}); },
+               "Decoder: options.num_threads (-1) must be >= 0");
   DecoderWeights short_of_a_layer = weights;
   short_of_a_layer.layers.pop_back();
   expect_error([&] { Decoder<float>(config, short_of_a_layer); },
@@ -283,6 +285,24 @@ TEST(DecoderTest, RefusesBadTokensAndLengthsWithoutChangingState) {
   odd.num_key_value_heads = 3;
   expect_error([&] { odd.validate(); },
                "DecoderConfig: num_attention_heads (4) is not a multiple of num_key_value_heads (3)");
+}
+
+TEST(DecoderTest, AFailureInALaterLayerLeavesNoTokenInAnyCache) {
+  // Layer 1's values overflow f16 (its largest finite value is 65504), so its cache refuses them
+  // after layer 0's cache took its keys and values.
+  const DecoderConfig config = tiny_config(4, 2);
+  DecoderWeights weights = DecoderWeights::random(config, 16);
+  Decoder<Eigen::half> decoder(config, weights, DecoderOptions{8, 1});
+  decoder.forward({1, 2});
+  weights.layers[1].v_proj *= 1e7f;
+  Decoder<Eigen::half> overflowing(config, weights, DecoderOptions{8, 1});
+  expect_error([&] { overflowing.forward({1, 2}); }, "");
+  EXPECT_EQ(overflowing.position(), 0);
+  EXPECT_EQ(overflowing.cache(0).length(0), 0);
+  EXPECT_EQ(overflowing.cache(1).length(0), 0);
+  EXPECT_EQ(decoder.cache(1).length(0), 2);
+  expect_error([&] { decoder.cache(2); },
+               "Decoder::cache: layer (2) is outside [0, num_hidden_layers (2))");
 }
 
 }  // namespace

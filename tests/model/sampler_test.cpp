@@ -76,6 +76,15 @@ TEST(SamplerTest, DrawsFollowTheTemperedSoftmaxOfWhatTopKAndTopPKeep) {
   }
 }
 
+TEST(SamplerTest, TopKKeepsTiesWithTheKth) {
+  // The third largest, 0.5, is tied: top_k 3 keeps ids 2, 0, 1 and 3, never 4.
+  Sampler sampler(SamplerConfig{1.0f, 3, 1.0f, 9});
+  const std::vector<int> counts = histogram(sampler, logits_of({1.0f, 0.5f, 2.0f, 0.5f, -1.0f}), 4000);
+  EXPECT_GT(counts[1], 300);
+  EXPECT_GT(counts[3], 300);
+  EXPECT_EQ(counts[4], 0);
+}
+
 TEST(SamplerTest, TheSameSeedGivesTheSameTokens) {
   const Eigen::VectorXf logits = logits_of({0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f});
   Sampler a(SamplerConfig{1.0f, 0, 1.0f, 42}), b(SamplerConfig{1.0f, 0, 1.0f, 42});
@@ -96,8 +105,8 @@ TEST(SamplerTest, RefusesBadLogitsAndSettings) {
   expect_error([&] { sampler.sample(Eigen::VectorXf()); },
                "Sampler::sample: logits.size() (0) must be in [1, 2^31)");
   expect_error([&] { sampler.sample(logits_of({0.0f, std::nanf("")})); },
-               "Sampler::sample: logits[1] (nan) is not a number or -inf");
-  expect_error([&] { sampler.sample(logits_of({-ninf})); }, "logits[0] (inf) is not a number");
+               "Sampler::sample: logits[1] (nan) is NaN or +inf; expected a number or -inf");
+  expect_error([&] { sampler.sample(logits_of({-ninf})); }, "logits[0] (inf) is NaN or +inf");
   expect_error([&] { sampler.sample(logits_of({ninf, ninf})); },
                "every logit is -inf: no token can be picked");
   expect_error([] { Sampler(SamplerConfig{-1.0f, 0, 1.0f, 0}); },

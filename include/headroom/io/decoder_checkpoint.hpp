@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 
 #include "headroom/io/checkpoint.hpp"
 #include "headroom/io/hf_config.hpp"

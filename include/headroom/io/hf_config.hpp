@@ -94,10 +94,32 @@ class JsonFields {
   const char* where_;
 };
 
+/// Returns the name of the object of `config` that holds its RoPE settings: "rope_parameters"
+/// (transformers v5 writes rope_theta and the scaling there), else "rope_scaling" (earlier
+/// versions), or null when there is neither.
+inline const char* rope_object_name(const JsonFields& config) {
+  if (config.has("rope_parameters")) return "rope_parameters";
+  if (config.has("rope_scaling")) return "rope_scaling";
+  return nullptr;
+}
+
+/// Returns rope_theta: from rope_parameters when the config has them, else the top-level field,
+/// else `fallback`.
+inline double rope_theta_of(const nlohmann::json& config, const JsonFields& fields,
+                            double fallback) {
+  if (fields.has("rope_parameters")) {
+    const JsonFields rope(config.at("rope_parameters"), fields.source() + ": rope_parameters",
+                          "rope_theta_of");
+    return rope.number("rope_theta", fields.number("rope_theta", fallback));
+  }
+  return fields.number("rope_theta", fallback);
+}
+
 }  // namespace detail
 
-/// Returns the RoPE scaling a config.json's `rope_scaling` object describes (null or absent:
-/// none), as transformers' modeling_rope_utils.py reads it: the kind from "rope_type" (or the
+/// Returns the RoPE scaling a config.json's `rope_scaling` object (or transformers v5's
+/// `rope_parameters`) describes (null or absent: none), as transformers' modeling_rope_utils.py
+/// reads it: the kind from "rope_type" (or the
 /// older "type"): "default", "linear", "dynamic", "yarn" or "llama3"; their fields under the same
 /// names, with transformers' defaults (yarn: beta_fast 32, beta_slow 1, mscale and
 /// mscale_all_dim absent, truncate true; original_max_position_embeddings falls back to
@@ -109,8 +131,9 @@ inline RopeScaling rope_scaling_from_json(const nlohmann::json& config,
                                           const std::string& source = "config.json") {
   constexpr const char* kWhere = "rope_scaling_from_json";
   const detail::JsonFields top(config, source, kWhere);
-  if (!top.has("rope_scaling")) return RopeScaling::none();
-  const detail::JsonFields fields(top.at("rope_scaling"), source + ": rope_scaling", kWhere);
+  const char* object = detail::rope_object_name(top);
+  if (object == nullptr) return RopeScaling::none();
+  const detail::JsonFields fields(top.at(object), source + ": " + object, kWhere);
   const std::string type =
       fields.has("rope_type") ? fields.text("rope_type") : fields.text("type", "default");
   if (type == "default") return RopeScaling::none();
@@ -119,6 +142,8 @@ inline RopeScaling rope_scaling_from_json(const nlohmann::json& config,
     return RopeScaling::dynamic_ntk(fields.number("factor"), max_position_embeddings);
   }
   if (type == "yarn") {
+    // The stated factor, as transformers v5 reads it (some 4.4x versions derived it from
+    // max_position_embeddings / original_max_position_embeddings when both were given).
     RopeScaling scaling = RopeScaling::yarn(
         fields.number("factor"),
         fields.count("original_max_position_embeddings", max_position_embeddings),
@@ -164,14 +189,20 @@ inline DecoderConfig decoder_config_from_json(const nlohmann::json& config,
   decoder.intermediate_size = fields.count("intermediate_size");
   decoder.num_hidden_layers = fields.count("num_hidden_layers");
   decoder.num_attention_heads = fields.count("num_attention_heads");
-  decoder.num_key_value_heads = fields.count("num_key_value_heads", decoder.num_attention_heads);
+  // Absent, MistralConfig and Qwen2Config default to 8 and 32 kv heads; null (and absent for
+  // Llama) means MHA.
+  const Index default_kv_heads = !config.contains("num_key_value_heads") && type == "mistral" ? 8
+                                 : !config.contains("num_key_value_heads") && type == "qwen2"
+                                     ? 32
+                                     : decoder.num_attention_heads;
+  decoder.num_key_value_heads = fields.count("num_key_value_heads", default_kv_heads);
   HEADROOM_CHECK(decoder.num_attention_heads > 0, kWhere, source,
                  ": num_attention_heads (0) must be positive");
   decoder.head_dim =
       fields.count("head_dim", decoder.hidden_size / decoder.num_attention_heads);
   decoder.max_position_embeddings = fields.count("max_position_embeddings");
   decoder.rms_norm_eps = fields.number("rms_norm_eps", 1e-6);
-  decoder.rope_theta = fields.number("rope_theta", 10000.0);
+  decoder.rope_theta = detail::rope_theta_of(config, fields, 10000.0);
   decoder.rope_scaling =
       rope_scaling_from_json(config, decoder.max_position_embeddings, source);
   decoder.tie_word_embeddings = fields.flag("tie_word_embeddings", false);
@@ -180,14 +211,18 @@ inline DecoderConfig decoder_config_from_json(const nlohmann::json& config,
     HEADROOM_CHECK(!fields.flag("use_sliding_window", false), kWhere, source,
                    ": use_sliding_window (true) is not supported for qwen2 (its window covers "
                    "only some layers)");
-  } else {
+  } else if (type == "llama") {
     decoder.qkv_bias = decoder.o_bias = fields.flag("attention_bias", false);
   }
   if (type == "llama") {
     HEADROOM_CHECK(!fields.flag("mlp_bias", false), kWhere, source,
                    ": mlp_bias (true) is not supported: the MLP has no biases here");
   }
-  if (type == "mistral") decoder.sliding_window = fields.count("sliding_window", 0);
+  // MistralConfig's default window is 4096; null means none.
+  if (type == "mistral") {
+    decoder.sliding_window =
+        config.contains("sliding_window") ? fields.count("sliding_window", 0) : 4096;
+  }
   if (fields.has("eos_token_id")) {
     const nlohmann::json& eos = fields.at("eos_token_id");
     const nlohmann::json ids = eos.is_array() ? eos : nlohmann::json::array({eos});
@@ -226,11 +261,12 @@ inline MlaConfig mla_config_from_json(const nlohmann::json& config,
   mla.qk_rope_head_dim = fields.count("qk_rope_head_dim");
   mla.v_head_dim = fields.count("v_head_dim");
   mla.rms_norm_eps = fields.number("rms_norm_eps");
-  mla.rope_theta = fields.number("rope_theta", 10000.0);
+  mla.rope_theta = detail::rope_theta_of(config, fields, 10000.0);
   mla.max_position_embeddings = fields.count("max_position_embeddings");
   mla.rope_scaling = rope_scaling_from_json(config, mla.max_position_embeddings, source);
   if (mla.rope_scaling.kind == RopeScaling::Kind::kYarn) {
-    const detail::JsonFields scaling(config.at("rope_scaling"), source + ": rope_scaling",
+    const char* object = detail::rope_object_name(fields);
+    const detail::JsonFields scaling(config.at(object), source + ": " + object,
                                      "mla_config_from_json");
     mla.rope_scaling.mscale = scaling.number("mscale", 1.0);
   }

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "headroom/attention/attend.hpp"
@@ -21,7 +22,9 @@ namespace headroom {
 
 /// How a Decoder runs: the most tokens its sequence may hold and the threads of its kernels.
 struct DecoderOptions {
-  /// Capacity of the KV caches (and rows of the RoPE table); 0 means max_position_embeddings.
+  /// Capacity of the KV caches (and rows of the RoPE table), allocated up front; 0 means
+  /// max_position_embeddings, which for long-context models is many GiB: set what you will use.
+  /// It may exceed max_position_embeddings, which is what RoPE scalings are for.
   Index max_tokens = 0;
   /// Threads of attention; 0 means default_num_threads(). Eigen's products use Eigen's own.
   int num_threads = 0;
@@ -40,8 +43,8 @@ class Decoder {
  public:
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-  /// Takes the config and weights; throws headroom::Error if either is invalid or
-  /// options.max_tokens is negative or beyond max_position_embeddings.
+  /// Takes the config and weights; throws headroom::Error if either is invalid, or
+  /// options.max_tokens or options.num_threads is negative.
   Decoder(const DecoderConfig& config, DecoderWeights weights, const DecoderOptions& options = {})
       : config_(validated(config)),
         weights_(validated(config_, std::move(weights))),
@@ -62,6 +65,12 @@ class Decoder {
   Index max_tokens() const { return max_tokens_; }
   /// The tokens fed so far: the position of the next one.
   Index position() const { return position_; }
+  /// The KV cache of layer `layer` (sequence 0 holds the tokens fed so far).
+  const KvCache<CacheElement>& cache(Index layer) const {
+    HEADROOM_CHECK(layer >= 0 && layer < config_.num_hidden_layers, "Decoder::cache", "layer (",
+                   layer, ") is outside [0, num_hidden_layers (", config_.num_hidden_layers, "))");
+    return caches_[static_cast<size_t>(layer)];
+  }
   /// Bytes the KV caches hold for each token (all layers).
   Index cache_bytes_per_token() const {
     return config_.num_hidden_layers * caches_.front().bytes_per_token();
@@ -81,7 +90,44 @@ class Decoder {
     HEADROOM_CHECK(count <= max_tokens_ - position_, kWhere, "tokens (", count,
                    ") would take the sequence from ", position_, " past max_tokens (",
                    max_tokens_, ")");
-    update_rope(position_ + count);
+    // What remains can still throw (a low-precision cache refuses a key it cannot hold, such as
+    // an f16 overflow): the caches and the RoPE table are then put back as they were.
+    std::unique_ptr<RopeTable> old_rope;
+    const Index old_rope_length = rope_length_;
+    try {
+      old_rope = update_rope(position_ + count);
+      Eigen::VectorXf logits = run_layers(tokens);
+      position_ += count;
+      return logits;
+    } catch (...) {
+      for (KvCache<CacheElement>& cache : caches_) {
+        if (cache.length(0) > position_) cache.truncate(0, position_);
+      }
+      if (old_rope != nullptr) rope_ = std::move(old_rope);
+      rope_length_ = old_rope_length;
+      throw;
+    }
+  }
+
+  /// Forgets the sequence: the next token is at position 0.
+  void reset() {
+    for (KvCache<CacheElement>& cache : caches_) cache.reset();
+    position_ = 0;
+  }
+
+  /// Keeps the first `length` tokens (rolling back tokens a speculative step rejected); throws
+  /// headroom::Error, changing nothing, unless 0 <= length <= position().
+  void truncate(Index length) {
+    HEADROOM_CHECK(length >= 0 && length <= position_, "Decoder::truncate", "length (", length,
+                   ") is outside [0, position (", position_, ")]");
+    for (KvCache<CacheElement>& cache : caches_) cache.truncate(0, length);
+    position_ = length;
+  }
+
+ private:
+  /// Runs the layers over `tokens` (validated) at position_ and returns the last one's logits.
+  Eigen::VectorXf run_layers(const std::vector<std::int32_t>& tokens) {
+    const Index count = static_cast<Index>(tokens.size());
 
     const Index hidden = config_.hidden_size, heads = config_.num_attention_heads;
     const Index kv_heads = config_.num_key_value_heads, head_dim = config_.head_dim;
@@ -122,29 +168,12 @@ class Decoder {
       gate.array() = gate.array() / (1.0f + (-gate.array()).exp()) * up.array();
       x.noalias() += gate * w.down_proj.transpose();
     }
-    position_ += count;
     const RowMatrix last = rms_norm(x.bottomRows(1), weights_.norm);  // [1, hidden]
     const DecoderWeights::Matrix& head =
         config_.tie_word_embeddings ? weights_.embed_tokens : weights_.lm_head;
     return head * last.transpose();
   }
 
-  /// Forgets the sequence: the next token is at position 0.
-  void reset() {
-    for (KvCache<CacheElement>& cache : caches_) cache.reset();
-    position_ = 0;
-  }
-
-  /// Keeps the first `length` tokens (rolling back tokens a speculative step rejected); throws
-  /// headroom::Error, changing nothing, unless 0 <= length <= position().
-  void truncate(Index length) {
-    HEADROOM_CHECK(length >= 0 && length <= position_, "Decoder::truncate", "length (", length,
-                   ") is outside [0, position (", position_, ")]");
-    for (KvCache<CacheElement>& cache : caches_) cache.truncate(0, length);
-    position_ = length;
-  }
-
- private:
   static DecoderConfig validated(const DecoderConfig& config) {
     config.validate();
     return config;
@@ -154,10 +183,10 @@ class Decoder {
     return weights;
   }
   static Index max_tokens_of(const DecoderConfig& config, const DecoderOptions& options) {
-    HEADROOM_CHECK(options.max_tokens >= 0 && options.max_tokens <= config.max_position_embeddings,
-                   "Decoder", "options.max_tokens (", options.max_tokens,
-                   ") is outside [0, max_position_embeddings (", config.max_position_embeddings,
-                   ")] (0: max_position_embeddings)");
+    HEADROOM_CHECK(options.max_tokens >= 0, "Decoder", "options.max_tokens (", options.max_tokens,
+                   ") must be >= 0 (0: max_position_embeddings)");
+    HEADROOM_CHECK(options.num_threads >= 0, "Decoder", "options.num_threads (",
+                   options.num_threads, ") must be >= 0 (0: default_num_threads())");
     return options.max_tokens > 0 ? options.max_tokens : config.max_position_embeddings;
   }
 
@@ -169,17 +198,19 @@ class Decoder {
 
   /// Dynamic NTK grows the RoPE base with the sequence: as transformers' dynamic_rope_update,
   /// the table is rebuilt for `length` tokens when they pass the longest it was built for beyond
-  /// the original context, and rebuilt plain when the sequence is back within it. Keys already
-  /// in the caches keep the rotation they were given, as in transformers.
-  void update_rope(Index length) {
-    if (config_.rope_scaling.kind != RopeScaling::Kind::kDynamicNtk) return;
+  /// the original context, and rebuilt plain when the sequence is back below it. Keys already
+  /// in the caches keep the rotation they were given, as in transformers. Returns the table it
+  /// replaced (null if none), so a failed call can restore it.
+  std::unique_ptr<RopeTable> update_rope(Index length) {
+    if (config_.rope_scaling.kind != RopeScaling::Kind::kDynamicNtk) return nullptr;
     const Index original = config_.rope_scaling.original_max_position_embeddings;
     Index wanted = rope_length_;
     if (length > std::max(rope_length_, original)) wanted = length;
-    if (length <= original && rope_length_ > original) wanted = 0;
-    if (wanted == rope_length_) return;
-    rope_ = std::make_unique<RopeTable>(rope_config(), wanted);
+    if (length < original && rope_length_ > original) wanted = 0;
+    if (wanted == rope_length_) return nullptr;
+    std::unique_ptr<RopeTable> replaced = std::exchange(rope_, std::make_unique<RopeTable>(rope_config(), wanted));
     rope_length_ = wanted;
+    return replaced;
   }
 
   /// Returns RMSNorm of every row of `x` (HF LlamaRMSNorm): x / sqrt(mean(x^2) + eps) * weight.

@@ -26,7 +26,9 @@ struct GenerationConfig {
 /// at a time, calling on_token(id) for each as it is picked, until a stop token, max_new_tokens
 /// tokens, or the decoder's max_tokens. Returns the generated tokens; the decoder then holds the
 /// prompt and all of them but the last, which a continuation feeds first. Throws headroom::Error
-/// before feeding anything if the prompt is empty or does not fit, or max_new_tokens is negative.
+/// before feeding anything if the prompt is empty or does not fit, or max_new_tokens or the
+/// sampler's settings are invalid; logits the sampler refuses (NaN) throw with what was fed
+/// until then kept.
 template <class CacheElement, class OnToken>
 std::vector<std::int32_t> generate(Decoder<CacheElement>& decoder,
                                    const std::vector<std::int32_t>& prompt,

@@ -6,6 +6,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <numeric>
@@ -22,7 +23,8 @@ namespace headroom {
 struct SamplerConfig {
   /// Divides the logits; 0 means greedy (the largest logit, the lowest id among equals).
   float temperature = 1.0f;
-  /// Keeps the k most likely tokens; 0 keeps all.
+  /// Keeps the k most likely tokens, and those tied with the k-th (as transformers' top-k, which
+  /// keeps every logit >= the k-th largest); 0 keeps all.
   Index top_k = 0;
   /// Keeps the fewest most likely tokens whose probabilities sum to at least top_p (Holtzman et
   /// al. 2020, "The Curious Case of Neural Text Degeneration"); 1 keeps all.
@@ -50,7 +52,8 @@ class Sampler {
     Index best = -1;
     for (Index i = 0; i < vocab; ++i) {
       HEADROOM_CHECK(!std::isnan(logits[i]) && logits[i] != std::numeric_limits<float>::infinity(),
-                     kWhere, "logits[", i, "] (", logits[i], ") is not a number or -inf");
+                     kWhere, "logits[", i, "] (", logits[i],
+                     ") is NaN or +inf; expected a number or -inf");
       if (logits[i] != -std::numeric_limits<float>::infinity() &&
           (best < 0 || logits[i] > logits[best])) {
         best = i;
@@ -67,7 +70,12 @@ class Sampler {
       return logits[a] != logits[b] ? logits[a] > logits[b] : a < b;
     };
     std::partial_sort(order_.begin(), order_.begin() + keep, order_.end(), more_likely);
-    order_.resize(static_cast<size_t>(keep));
+    // Ties with the k-th stay, in id order after it.
+    const float kth = logits[order_[static_cast<size_t>(keep - 1)]];
+    const auto tied_end = std::partition(order_.begin() + keep, order_.end(),
+                                         [&](Index id) { return logits[id] == kth; });
+    std::sort(order_.begin() + keep, tied_end);
+    order_.erase(tied_end, order_.end());
     weights_.resize(order_.size());
     const double top = logits[best], temperature = config_.temperature;
     double total = 0.0;
@@ -85,7 +93,8 @@ class Sampler {
           break;
         }
       }
-      total = std::accumulate(weights_.begin(), weights_.begin() + static_cast<long>(kept), 0.0);
+      total = std::accumulate(weights_.begin(),
+                              weights_.begin() + static_cast<std::ptrdiff_t>(kept), 0.0);
     }
     // u in [0, 1) from 53 random bits: std's distributions differ between standard libraries.
     const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * total;
