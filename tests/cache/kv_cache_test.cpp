@@ -53,7 +53,7 @@ std::vector<float> run_attend_on(const TensorView<const float>& q, const Source&
 template <class T>
 class KvCacheTypedTest : public ::testing::Test {};
 using Elements = ::testing::Types<float, Eigen::bfloat16, Eigen::half, std::int8_t>;
-TYPED_TEST_SUITE(KvCacheTypedTest, Elements);
+TYPED_TEST_SUITE(KvCacheTypedTest, Elements, );  // the empty name generator: clang -Wpedantic wants an argument for "..."
 
 TYPED_TEST(KvCacheTypedTest, PrefillThenDecodeStepsEqualsOnePrefill) {
   using T = TypeParam;

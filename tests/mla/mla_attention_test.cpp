@@ -352,7 +352,7 @@ std::vector<float> prefill_and_decode(const MlaAttention& layer, Cache& cache, I
 template <class T>
 class MlaCacheTypedTest : public ::testing::Test {};
 using Elements = ::testing::Types<float, Eigen::bfloat16, Eigen::half, std::int8_t>;
-TYPED_TEST_SUITE(MlaCacheTypedTest, Elements);
+TYPED_TEST_SUITE(MlaCacheTypedTest, Elements, );  // the empty name generator: clang -Wpedantic wants an argument for "..."
 
 TYPED_TEST(MlaCacheTypedTest, PrefillThenDecodeEqualsOnePrefill) {
   using T = TypeParam;

@@ -155,7 +155,7 @@ TEST(MlaWeightsTest, ShapeErrorsNameTheTensorAndBothShapes) {
 template <class T>
 class LatentCacheTypedTest : public ::testing::Test {};
 using Elements = ::testing::Types<float, Eigen::bfloat16, Eigen::half, std::int8_t>;
-TYPED_TEST_SUITE(LatentCacheTypedTest, Elements);
+TYPED_TEST_SUITE(LatentCacheTypedTest, Elements, );  // the empty name generator: clang -Wpedantic wants an argument for "..."
 
 TYPED_TEST(LatentCacheTypedTest, StoresOneCopyOfTheLatentPerToken) {
   using T = TypeParam;

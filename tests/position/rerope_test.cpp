@@ -882,7 +882,7 @@ struct Tokens {
 template <class T>
 class ReRopeCacheTest : public ::testing::Test {};
 using Elements = ::testing::Types<float, Eigen::bfloat16, Eigen::half, std::int8_t>;
-TYPED_TEST_SUITE(ReRopeCacheTest, Elements);
+TYPED_TEST_SUITE(ReRopeCacheTest, Elements, );  // the empty name generator: clang -Wpedantic wants an argument for "..."
 
 TYPED_TEST(ReRopeCacheTest, DecodeOverContiguousPagedAndRingCachesMatchesReference) {
   using T = TypeParam;
@@ -1056,7 +1056,7 @@ template <class Cache>
 class ReRopeAttentionTest : public ::testing::Test {};
 using Caches = ::testing::Types<KvCache<float>, KvCache<Eigen::bfloat16>, KvCache<std::int8_t>,
                                 PagedKvCache<float>, PagedKvCache<std::int8_t>>;
-TYPED_TEST_SUITE(ReRopeAttentionTest, Caches);
+TYPED_TEST_SUITE(ReRopeAttentionTest, Caches, );  // the empty name generator: clang -Wpedantic wants an argument for "..."
 
 /// The largest error of attention through a cache of T against f32 keys and values, for logits up
 /// to 1.7 times those of LowPrecisionErrorAgainstF32IsBounded (log-n factor up to 1.33 and YaRN's

@@ -775,8 +775,10 @@ struct WorkItem {
     const auto panel = [&](Index col, auto packets_tag) {
       constexpr int kPackets = decltype(packets_tag)::value;
       for_each_row_block(row_first, row_end, [&](Index r0, Index block_rows) {
-        const auto [block_first, block_end] = block_keys(span, r0, block_rows);
-        if (block_first >= block_end) return;  // the whole block is masked in this tile
+        // Not a structured binding: C++17 lets no lambda capture one (clang refuses it).
+        const std::pair<Index, Index> block = block_keys(span, r0, block_rows);
+        const Index block_end = block.second;
+        if (block.first >= block_end) return;  // the whole block is masked in this tile
         dispatch_rows(block_rows, [&](auto rows_tag) {
           micro_kernel<decltype(rows_tag)::value, kPackets, Accumulate::kRescaleAndAdd>(
               Lhs{scores + r0, 1, rows_pad}, v_rows, col, block_end - k0,
