@@ -34,6 +34,21 @@ std::vector<unsigned char> bytes_of(const std::vector<T>& values) {
   return bytes;
 }
 
+/// Appends `values` (of `shape`; none if it holds no element) to `tensors` as a BF16 tensor
+/// called `name`, and rounds them in place to what is stored, so callers hold what a reader gets.
+inline void add_bf16(std::vector<StoredTensor>& tensors, const std::string& name, float* values,
+                     std::vector<Index> shape) {
+  Index count = 1;
+  for (Index dim : shape) count *= dim;
+  if (count == 0) return;
+  std::vector<Eigen::bfloat16> stored(static_cast<size_t>(count));
+  for (Index i = 0; i < count; ++i) {
+    stored[static_cast<size_t>(i)] = Eigen::bfloat16(values[i]);
+    values[i] = static_cast<float>(stored[static_cast<size_t>(i)]);
+  }
+  tensors.push_back({name, "BF16", std::move(shape), bytes_of(stored)});
+}
+
 /// Returns a file of the 8-byte little-endian `length`, then `header` and `data` as they are.
 inline std::vector<unsigned char> file_of(std::uint64_t length, const std::string& header,
                                           const std::vector<unsigned char>& data) {

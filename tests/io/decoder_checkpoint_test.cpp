@@ -30,20 +30,6 @@ const char* const kLlama = R"({"model_type": "llama", "vocab_size": 29, "hidden_
   "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8}})";
 
-// Appends `values` (of `shape`) as a BF16 tensor and rounds them as it stores them.
-void add_bf16(std::vector<StoredTensor>& tensors, const std::string& name, float* values,
-              std::vector<Index> shape) {
-  Index count = 1;
-  for (Index dim : shape) count *= dim;
-  if (count == 0) return;
-  std::vector<Eigen::bfloat16> stored(static_cast<size_t>(count));
-  for (Index i = 0; i < count; ++i) {
-    stored[static_cast<size_t>(i)] = Eigen::bfloat16(values[i]);
-    values[i] = static_cast<float>(stored[static_cast<size_t>(i)]);
-  }
-  tensors.push_back({name, "BF16", std::move(shape), testing::bytes_of(stored)});
-}
-
 // Writes config.json and the weights, layer 0 (and the embeddings) in one shard and the rest in
 // another with an index, leaving out `skip`; returns the weights as bf16 rounds them.
 DecoderWeights write_checkpoint(const ScratchDirectory& dir, const char* config_json,
@@ -52,7 +38,7 @@ DecoderWeights write_checkpoint(const ScratchDirectory& dir, const char* config_
                       std::vector<unsigned char>(config_json, config_json + std::strlen(config_json)));
   std::vector<StoredTensor> shards[2];
   const auto add = [&](int shard, const std::string& name, auto& tensor, std::vector<Index> shape) {
-    if (name != skip) add_bf16(shards[shard], name, tensor.data(), std::move(shape));
+    if (name != skip) testing::add_bf16(shards[shard], name, tensor.data(), std::move(shape));
   };
   const auto add_matrix = [&](int shard, const std::string& name, DecoderWeights::Matrix& m) {
     add(shard, name, m, {m.rows(), m.cols()});

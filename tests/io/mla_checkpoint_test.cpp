@@ -34,15 +34,6 @@ MlaConfig small_config(Index q_lora_rank) {
   return config;
 }
 
-
-StoredTensor as_bf16(const std::string& name, const float* values, std::vector<Index> shape) {
-  Index count = 1;
-  for (Index dim : shape) count *= dim;
-  std::vector<Eigen::bfloat16> stored(static_cast<size_t>(count));
-  for (Index i = 0; i < count; ++i) stored[static_cast<size_t>(i)] = Eigen::bfloat16(values[i]);
-  return {name, "BF16", std::move(shape), testing::bytes_of(stored)};
-}
-
 // Writes `weights` to dir/model.safetensors in bf16 under "model.layers.3.self_attn.", with an
 // unrelated tensor before them; returns the weights as bf16 rounds them.
 MlaWeights write_layer(const ScratchDirectory& dir, const MlaWeights& weights,
@@ -52,11 +43,7 @@ MlaWeights write_layer(const ScratchDirectory& dir, const MlaWeights& weights,
       {"model.embed_tokens.weight", "F32", {2}, testing::bytes_of(std::vector<float>{1, 2})}};
   MlaWeights rounded = weights;
   const auto add = [&](const std::string& name, float* values, std::vector<Index> shape) {
-    if (shape.empty() || shape[0] == 0 || name == skip) return;
-    tensors.push_back(as_bf16(prefix + name + ".weight", values, shape));
-    Index count = 1;
-    for (Index dim : shape) count *= dim;
-    for (Index i = 0; i < count; ++i) values[i] = static_cast<float>(Eigen::bfloat16(values[i]));
+    if (name != skip) testing::add_bf16(tensors, prefix + name + ".weight", values, shape);
   };
   const auto add_matrix = [&](const std::string& name, MlaWeights::Matrix& m) {
     add(name, m.data(), {m.rows(), m.cols()});
