@@ -301,9 +301,10 @@ struct WorkItem {
   const Index prefetch_distance = std::clamp<Index>(
       kPrefetchBytes / (std::max(dk, dv) * static_cast<Index>(sizeof(Element))), 1,
       TileRows<Element>::kMaxDistance);
-  // Whether the decode products also request rows a phase ahead: only for a group of rows,
-  // whose products are long enough for the streams to idle between phases (see FarRows).
-  const bool far_requests = rows > 1;
+  // Whether the decode products also request rows a phase ahead: always for a group of rows,
+  // whose products are long enough for the streams to idle between phases, and for one row
+  // where the core gains from it (see FarRows and kOneRowFarRequests).
+  const bool far_requests = rows > 1 || kOneRowFarRequests;
 
   /// Computes the item's rows against the keys of range `split` (see visible_keys) and writes
   /// them to `out`, or to `sink`'s partial results when the keys are split. With

@@ -39,6 +39,21 @@ EIGEN_ALWAYS_INLINE void prefetch_row(const void* row, Index bytes) {
   for (Index offset = 0; offset < bytes; offset += 64) request_line<kLocality>(at + offset);
 }
 
+/// Whether one row per kv head (MHA decode) requests rows a phase ahead too. Its products are so
+/// short that on some cores the near requests and the hardware prefetchers keep both streams busy
+/// and far requests only take fill buffers from them. Measured without them on a Xeon with AMX
+/// (the bench, 4k-64k keys, 1 and 2 threads, medians of three alternated runs): f32 MHA 8-9% less
+/// time per step (roof 0.75 -> 0.85), bf16 13-15%, int8 11-15%; a profile of decode there puts
+/// most of dot_scores' samples on prefetch instructions waiting for fill buffers. On Zen 5 f32 MHA
+/// was faster without them too. Zen 4 needs them: without, MHA decode at 16k keys (medians of 3,
+/// two alternated rounds) ran at 20-23 tok/s instead of 33 with 1 thread for f32, 33-37 instead
+/// of 67-77 for bf16, 70-76 instead of 109-113 for int8, and 1.4-1.6x slower with 2 threads.
+#if defined(__AMX_TILE__) || (defined(__CLZERO__) && defined(__AVXVNNI__))
+inline constexpr bool kOneRowFarRequests = false;
+#else
+inline constexpr bool kOneRowFarRequests = true;
+#endif
+
 /// The rows a decode product requests a phase ahead (kAheadLocality) as it goes, a step at a time:
 /// up to two lists of row pointers (entries may be null), each with its row size. A tile's scores
 /// request its own V rows and the next tile's K rows, its P.V the next tile's V rows: both streams
@@ -55,16 +70,9 @@ EIGEN_ALWAYS_INLINE void prefetch_row(const void* row, Index bytes) {
 /// and the P.V the next tile's K rows, against the near requests alone: roof of f32 GQA 0.77 ->
 /// 0.84, f32 MHA 0.88 -> 0.93, bf16 MHA 0.76 -> 0.83, bf16 GQA 0.60 -> 0.68, int8 MHA 0.68 ->
 /// 0.71. prefetcht2 the same as prefetcht1 there and on a Zen 4 VM; prefetcht0 (into L1) there
-/// 15-20% slower, and no far requests 20%; on Zen 5 prefetcht0 is faster (see kAheadLocality).
-///
-/// One row per kv head (MHA decode) requests nothing far ahead: its products are so short that the
-/// near requests and the hardware prefetchers keep both streams busy, and far requests only take
-/// fill buffers from them. Measured without them on a Xeon with AMX (the bench, 4k-64k keys, 1
-/// and 2 threads, medians of three alternated runs): f32 MHA 8-9% less time per step (roof 0.75
-/// -> 0.85), bf16 13-15%, int8 11-15%; a profile of decode there puts most of dot_scores' samples
-/// on prefetch instructions waiting for fill buffers. On Zen 5 f32 MHA was faster without them
-/// too, on Zen 4 the same either way; only the Xeon without AMX above, at an earlier state of the
-/// code, ran MHA faster with them.
+/// 15-20% slower, and no far requests 20%; on Zen 5 prefetcht0 is faster, on Zen 4 far slower
+/// (see kAheadLocality).
+
 template <class T>
 struct FarRows {
   const T* const* rows = nullptr;
