@@ -41,22 +41,33 @@ enum class Accumulate {
   kRescaleAndAdd,   ///< C = diag(row_scale).C + A.B (the online-softmax correction of the output)
 };
 
+/// The cores whose memory behaviour the decode's prefetch tuning was measured on, as the compiler
+/// targets them: AMD Zen (__CLZERO__, Zen 1 to 5) splits into Zen 5 (__AVXVNNI__, which Zen 4
+/// lacks) and the earlier ones, measured on Zen 4. They differ in the hint, the distance and the
+/// reach of the decode's requests (kAheadLocality, kPrefetchBytes, kOneRowFarRequests).
+#if defined(__CLZERO__) && defined(__AVXVNNI__)
+inline constexpr bool kTargetZen5 = true;
+#else
+inline constexpr bool kTargetZen5 = false;
+#endif
+#if defined(__CLZERO__) && !defined(__AVXVNNI__)
+inline constexpr bool kTargetZen4 = true;
+#else
+inline constexpr bool kTargetZen4 = false;
+#endif
+
 /// The locality hint of the requests made a phase or a tile ahead of use (LinePrefetcher here,
 /// FarRows in stream_kernel.hpp): 2 (prefetcht1, into L2) in general, 3 (prefetcht0, into L1) on
-/// AMD Zen 5 (__CLZERO__ marks AMD Zen targets, __AVXVNNI__ Zen 5 among them), whose prefetcht1
-/// and prefetcht2 are at times dropped (Zen 4: Wang et al., "The Hitchhiker's Guide to Programming
-/// and Optimizing CXL-Based Heterogeneous Systems", 2024, "Software Prefetching Instruction").
-/// Measured on Zen 5 (decode, 16k keys from DRAM, D = 128, medians of 3-6 alternated rounds),
-/// prefetcht0 against prefetcht1 took 7-9% less time for f32 MQA with 1 thread and 2-3.5% with 2,
-/// f32 GQA 7% and 3%, bf16 MHA 10% and 5%, bf16 GQA 6% and 4%; f32 MHA, int8, prefill and MLA
-/// decode within the noise. On Zen 4 prefetcht0 is far slower: f32 decode at 16k keys with
-/// 1 thread fell from 33 to 19 tok/s for MHA and from 129 to 58 for GQA 32/8 (the bench, medians
-/// of 3). On a Xeon VM prefetcht0 was 15-20% slower (see FarRows in stream_kernel.hpp).
-#if defined(__CLZERO__) && defined(__AVXVNNI__)
-inline constexpr int kAheadLocality = 3;
-#else
-inline constexpr int kAheadLocality = 2;
-#endif
+/// Zen 5, where prefetcht1 and prefetcht2 are at times dropped (so reported for Zen 4: Wang et
+/// al., "The Hitchhiker's Guide to Programming and Optimizing CXL-Based Heterogeneous Systems",
+/// 2024, "Software Prefetching Instruction"). Measured on Zen 5 (decode, 16k keys from DRAM, D =
+/// 128, medians of 3-6 alternated rounds), prefetcht0 against prefetcht1 took 7-9% less time for
+/// f32 MQA with 1 thread and 2-3.5% with 2, f32 GQA 7% and 3%, bf16 MHA 10% and 5%, bf16 GQA 6%
+/// and 4%; f32 MHA, int8, prefill and MLA decode within the noise. On Zen 4 prefetcht0 is far
+/// slower: f32 decode at 16k keys with 1 thread fell from 33 to 19 tok/s for MHA and from 129 to
+/// 58 for GQA 32/8 (the bench, medians of 3). On a Xeon VM prefetcht0 was 15-20% slower (see
+/// FarRows in stream_kernel.hpp).
+inline constexpr int kAheadLocality = kTargetZen5 ? 3 : 2;
 
 /// Requests the cache line at `at` for reading, with a locality hint of kLocality (3 into L1,
 /// 2 into L2); a no-op where the compiler has no prefetch builtin.

@@ -26,7 +26,10 @@ namespace headroom::detail {
 /// than 4 KiB for f32 MHA and GQA; later runs there, alternating 512 B, 1 KiB and 2 KiB four times
 /// at 16k keys and 2 threads, found 1 KiB best: int8 MHA 7-9% faster than at 2 KiB (512 B 10%
 /// slower), f32 MHA 3-6% and f32 GQA 5-10%; bf16 MHA the same, bf16 and int8 GQA within 3%.
-inline constexpr Index kPrefetchBytes = 1024;
+/// Zen 4 again (the bench at 16k keys, 1 thread, medians of 3, two alternated rounds) prefers
+/// 4 KiB to 1 KiB: f32 GQA 32/8 3-10% faster, f32 MQA 4-8%, bf16 GQA 12-23%, int8 GQA 4-20%, f32
+/// MHA the same; 8 KiB lost int8 MHA a third of its speed.
+inline constexpr Index kPrefetchBytes = kTargetZen4 ? 4096 : 1024;
 
 /// Requests the `bytes` bytes at `row` (if not null) into the cache ahead of their use. A decode
 /// step does little arithmetic per byte, and the hardware prefetchers alone keep too few lines in
@@ -48,10 +51,10 @@ EIGEN_ALWAYS_INLINE void prefetch_row(const void* row, Index bytes) {
 /// was faster without them too. Zen 4 needs them: without, MHA decode at 16k keys (medians of 3,
 /// two alternated rounds) ran at 20-23 tok/s instead of 33 with 1 thread for f32, 33-37 instead
 /// of 67-77 for bf16, 70-76 instead of 109-113 for int8, and 1.4-1.6x slower with 2 threads.
-#if defined(__AMX_TILE__) || (defined(__CLZERO__) && defined(__AVXVNNI__))
+#if defined(__AMX_TILE__)
 inline constexpr bool kOneRowFarRequests = false;
 #else
-inline constexpr bool kOneRowFarRequests = true;
+inline constexpr bool kOneRowFarRequests = !kTargetZen5;
 #endif
 
 /// The rows a decode product requests a phase ahead (kAheadLocality) as it goes, a step at a time:
