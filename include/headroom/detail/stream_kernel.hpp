@@ -75,7 +75,6 @@ inline constexpr bool kOneRowFarRequests = !kTargetZen5;
 /// 0.71. prefetcht2 the same as prefetcht1 there and on a Zen 4 VM; prefetcht0 (into L1) there
 /// 15-20% slower, and no far requests 20%; on Zen 5 prefetcht0 is faster, on Zen 4 far slower
 /// (see kAheadLocality).
-
 template <class T>
 struct FarRows {
   const T* const* rows = nullptr;
