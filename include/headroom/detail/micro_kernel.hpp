@@ -208,6 +208,11 @@ struct FixedStrideLhs {
   EIGEN_ALWAYS_INLINE float at(Index r, Index k) const { return data[r * kRowStride + k]; }
 };
 
+/// The prefetch plan of a product that requests nothing.
+struct NoRequests {
+  EIGEN_ALWAYS_INLINE void step(Index) const {}
+};
+
 /// Computes a kRows x (kPackets * kPacketSize) block of C from A [kRows, depth] (a Lhs or a
 /// FixedStrideLhs) and the rows of B at columns [col, col + kPackets * kPacketSize) (a
 /// PackedRows, or SourceRows read straight from a KV source: int8 rows' scales are already in A's
@@ -236,18 +241,29 @@ EIGEN_ALWAYS_INLINE void micro_kernel(const A& a, const BRows& b, Index col, Ind
   // field of a and b after each of its steps.
   const A a_local = a;
   const BRows b_local = b;
-  auto prefetch_plan = b_local.prefetch_plan(prefetch ? depth : 0);
-  for (Index k = 0; k < depth; ++k) {
-    prefetch_plan.step(k);
-    Packet b_row[kPackets];
-    HEADROOM_UNROLL
-    for (int p = 0; p < kPackets; ++p) b_row[p] = b_local.load(k, col + p * kPacketSize);
-    HEADROOM_UNROLL
-    for (int r = 0; r < kRows; ++r) {
-      const Packet a_rk = pset1<Packet>(a_local.at(r, k));
+  const auto products = [&](const auto& plan) {
+    for (Index k = 0; k < depth; ++k) {
+      plan.step(k);
+      Packet b_row[kPackets];
       HEADROOM_UNROLL
-      for (int p = 0; p < kPackets; ++p) acc[r][p] = pmadd(a_rk, b_row[p], acc[r][p]);
+      for (int p = 0; p < kPackets; ++p) b_row[p] = b_local.load(k, col + p * kPacketSize);
+      HEADROOM_UNROLL
+      for (int r = 0; r < kRows; ++r) {
+        const Packet a_rk = pset1<Packet>(a_local.at(r, k));
+        HEADROOM_UNROLL
+        for (int p = 0; p < kPackets; ++p) acc[r][p] = pmadd(a_rk, b_row[p], acc[r][p]);
+      }
     }
+  };
+  // A product that requests nothing runs a loop without the plan's tests: an empty plan still
+  // tests its lists at every step, a third of the instructions per step of the P.V of a few rows
+  // (streamed decode, 4 rows and 2 packets on AVX2). Measured on Zen 3 (AVX2; decode at 16k
+  // keys, 1 thread, medians of 3, two alternated rounds): bf16 GQA 32/8 25-30% less time per
+  // step, int8 GQA 15%.
+  if (prefetch) {
+    products(b_local.prefetch_plan(depth));
+  } else {
+    products(NoRequests{});
   }
   HEADROOM_UNROLL
   for (int r = 0; r < kRows; ++r) {
