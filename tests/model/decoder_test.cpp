@@ -237,6 +237,41 @@ TEST(DecoderTest, MatchesReferenceWithLowPrecisionCaches) {
   expect_matches_reference<std::int8_t>(config, {6, 1, 1}, 1e-2, 13);
 }
 
+// A model whose projections have more rows than one block of the threaded products of a few
+// tokens (64): q_proj 96, gate_proj and up_proj 130, lm_head 301 (none a multiple of 64).
+DecoderConfig blocked_config() {
+  DecoderConfig config = tiny_config(16, 4);
+  config.intermediate_size = 130;
+  config.vocab_size = 301;
+  return config;
+}
+
+TEST(DecoderTest, ProjectionsCutIntoBlocksMatchReference) {
+  // Chunks of at most 4 tokens take the blocked products, the 6-token prompt Eigen's.
+  expect_matches_reference<float>(blocked_config(), {6, 1, 4, 3, 1}, kF32Tolerance, 15);
+  expect_matches_reference<float>(blocked_config(), {1, 2, 1}, kF32Tolerance, 16);
+}
+
+TEST(DecoderTest, LogitsAreBitIdenticalForEveryThreadCount) {
+  const DecoderConfig config = blocked_config();
+  const DecoderWeights weights = DecoderWeights::random(config, 17);
+  const std::vector<std::vector<std::int32_t>> steps = {
+      {3, 4, 5, 6, 7, 8}, {9}, {10, 11, 12}, {13}, {14, 15, 16, 17}};
+  std::vector<Eigen::VectorXf> first;  // the logits of each step with one thread
+  for (int threads : {1, 2, 3}) {
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    Decoder<float> decoder(config, weights, DecoderOptions{32, threads});
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const Eigen::VectorXf logits = decoder.forward(steps[i]);
+      if (threads == 1) {
+        first.push_back(logits);
+      } else {
+        EXPECT_EQ(logits, first[i]) << "step " << i;
+      }
+    }
+  }
+}
+
 TEST(DecoderTest, TruncateRollsBackToTheSameLogits) {
   const DecoderConfig config = tiny_config(4, 2);
   const DecoderWeights weights = DecoderWeights::random(config, 14);
