@@ -8,13 +8,18 @@
 // The directory is a Hugging Face one: config.json and model.safetensors (or its shards and
 // model.safetensors.index.json). headroom has no tokenizer: give the prompt as ids (e.g. from
 // `tokenizer.encode(text)` in Python) and decode the printed ids the same way. Generation stops at
-// config.json's eos_token_id, after --max-new tokens, or when the sequence is full.
+// generation_config.json's eos_token_id (else config.json's), after --max-new tokens, or when the
+// sequence is full.
 //
-// Options: --max-new N (32), --temperature T (0: greedy), --top-k K (0: all), --top-p P (1),
-// --seed S (0), --cache f32|bf16|int8 (bf16: the KV caches' element type), --max-tokens N
-// (the KV caches' capacity: 4096, or max_position_embeddings if smaller), --threads N (0: all).
+// Options: --max-new N, --temperature T (0: greedy), --top-k K (0: all), --top-p P, --seed S (0),
+// --cache f32|bf16|int8 (bf16: the KV caches' element type), --max-tokens N (the KV caches'
+// capacity: 4096, or max_position_embeddings if smaller), --threads N (0: all). Those of
+// generation given override the checkpoint's generation_config.json (read_generation_config:
+// greedy unless do_sample, at most 64 new tokens unless max_new_tokens); the random model
+// generates 32 tokens greedily.
 #include <headroom/headroom.hpp>
 #include <headroom/io/decoder_checkpoint.hpp>
+#include <headroom/io/generation_config.hpp>
 #include <headroom/model/generate.hpp>
 
 #include <cerrno>
@@ -26,6 +31,7 @@
 #include <algorithm>
 #include <limits>
 #include <exception>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -35,10 +41,28 @@ namespace {
 using headroom::Index;
 using Clock = std::chrono::steady_clock;
 
+/// The generation options given on the command line; those not given come from the checkpoint.
+struct GenerationOverrides {
+  std::optional<Index> max_new_tokens;
+  std::optional<float> temperature, top_p;
+  std::optional<Index> top_k;
+  std::uint64_t seed = 0;
+
+  headroom::GenerationConfig applied_to(headroom::GenerationConfig generation) const {
+    headroom::SamplerConfig& sampler = generation.sampler;
+    generation.max_new_tokens = max_new_tokens.value_or(generation.max_new_tokens);
+    sampler.temperature = temperature.value_or(sampler.temperature);
+    sampler.top_k = top_k.value_or(sampler.top_k);
+    sampler.top_p = top_p.value_or(sampler.top_p);
+    sampler.seed = seed;
+    return generation;
+  }
+};
+
 struct Arguments {
   std::string directory;  // empty: a random model
   std::vector<std::int32_t> prompt;
-  headroom::GenerationConfig generation;
+  GenerationOverrides generation;
   std::string cache = "bf16";
   headroom::DecoderOptions options{0, 0};  // max_tokens 0: see capacity()
 };
@@ -75,8 +99,6 @@ float real(const std::string& what, const char* text, float low, float high) {
 
 Arguments parse(int argc, char** argv) {
   Arguments args;
-  args.generation.max_new_tokens = 32;
-  args.generation.sampler.temperature = 0.0f;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg.rfind("--", 0) == 0) {
@@ -85,18 +107,18 @@ Arguments parse(int argc, char** argv) {
         std::exit(2);
       }
       const char* value = argv[++i];
-      headroom::SamplerConfig& sampler = args.generation.sampler;
+      GenerationOverrides& given = args.generation;
       constexpr long long kMost = 1LL << 40;
       if (arg == "--max-new") {
-        args.generation.max_new_tokens = static_cast<Index>(integer(arg, value, 0, kMost));
+        given.max_new_tokens = static_cast<Index>(integer(arg, value, 0, kMost));
       } else if (arg == "--temperature") {
-        sampler.temperature = real(arg, value, 0.0f, 1e6f);
+        given.temperature = real(arg, value, 0.0f, 1e6f);
       } else if (arg == "--top-k") {
-        sampler.top_k = static_cast<Index>(integer(arg, value, 0, kMost));
+        given.top_k = static_cast<Index>(integer(arg, value, 0, kMost));
       } else if (arg == "--top-p") {
-        sampler.top_p = real(arg, value, 1e-6f, 1.0f);
+        given.top_p = real(arg, value, 1e-6f, 1.0f);
       } else if (arg == "--seed") {
-        sampler.seed = static_cast<std::uint64_t>(integer(arg, value, 0, kMost));
+        given.seed = static_cast<std::uint64_t>(integer(arg, value, 0, kMost));
       } else if (arg == "--max-tokens") {
         args.options.max_tokens = static_cast<Index>(integer(arg, value, 1, kMost));
       } else if (arg == "--threads") {
@@ -150,10 +172,11 @@ headroom::DecoderConfig random_model(Arguments& args) {
   return config;
 }
 
+/// Generates from args.prompt with `checkpoint_generation` as the command line overrides it.
 template <class CacheElement>
-void run(const Arguments& args, headroom::Decoder<CacheElement> decoder) {
-  headroom::GenerationConfig generation = args.generation;
-  generation.stop_tokens = decoder.config().eos_token_ids;
+void run(const Arguments& args, const headroom::GenerationConfig& checkpoint_generation,
+         headroom::Decoder<CacheElement> decoder) {
+  const headroom::GenerationConfig generation = args.generation.applied_to(checkpoint_generation);
   std::printf("model: %s, %ld layers, %ld heads over %ld kv heads of %ld, vocab %ld; %s cache, "
               "%ld bytes per token\n",
               decoder.config().model_type.c_str(), static_cast<long>(decoder.config().num_hidden_layers),
@@ -186,16 +209,20 @@ void load_and_run(const Arguments& args) {
     Arguments random_args = args;
     const headroom::DecoderConfig config = random_model(random_args);
     std::printf("no checkpoint given: a random model\n");
-    run(random_args, headroom::Decoder<CacheElement>(
-                         config, headroom::DecoderWeights::random(config, 7),
-                         capacity(args, config)));
+    headroom::GenerationConfig greedy;
+    greedy.max_new_tokens = 32;
+    greedy.sampler.temperature = 0.0f;
+    run(random_args, greedy,
+        headroom::Decoder<CacheElement>(config, headroom::DecoderWeights::random(config, 7),
+                                        capacity(args, config)));
   } else {
     if (args.prompt.empty()) {
       std::fprintf(stderr, "generate: give the prompt's token ids after the directory\n");
       std::exit(2);
     }
     const headroom::DecoderConfig config = headroom::read_decoder_config(args.directory);
-    run(args, headroom::load_decoder<CacheElement>(args.directory, capacity(args, config)));
+    run(args, headroom::read_generation_config(args.directory, config),
+        headroom::load_decoder<CacheElement>(args.directory, capacity(args, config)));
   }
 }
 

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -77,6 +78,24 @@ class JsonFields {
     HEADROOM_CHECK(value.is_boolean(), where_, source_, ": field \"", field, "\" (",
                    value.dump(), ") is not true or false");
     return value.get<bool>();
+  }
+
+  /// Returns the token ids of `field`, one id or a list of them (as transformers writes
+  /// eos_token_id), each in [0, vocab_size); none when it is absent.
+  std::vector<std::int32_t> token_ids(const char* field, Index vocab_size) const {
+    std::vector<std::int32_t> ids;
+    if (!has(field)) return ids;
+    const nlohmann::json& value = at(field);
+    const nlohmann::json list = value.is_array() ? value : nlohmann::json::array({value});
+    for (const nlohmann::json& id : list) {
+      HEADROOM_CHECK(id.is_number_integer() && id.get<std::int64_t>() >= 0 &&
+                         id.get<std::int64_t>() < vocab_size,
+                     where_, source_, ": ", field, " (", json_excerpt(value),
+                     ") is not a token id or a list of them in [0, vocab_size (", vocab_size,
+                     "))");
+      ids.push_back(static_cast<std::int32_t>(id.get<std::int64_t>()));
+    }
+    return ids;
   }
 
   /// Returns the string `field`, or `fallback` when it is absent (and has one).
@@ -223,18 +242,7 @@ inline DecoderConfig decoder_config_from_json(const nlohmann::json& config,
     decoder.sliding_window =
         config.contains("sliding_window") ? fields.count("sliding_window", 0) : 4096;
   }
-  if (fields.has("eos_token_id")) {
-    const nlohmann::json& eos = fields.at("eos_token_id");
-    const nlohmann::json ids = eos.is_array() ? eos : nlohmann::json::array({eos});
-    for (const nlohmann::json& id : ids) {
-      HEADROOM_CHECK(id.is_number_integer() && id.get<std::int64_t>() >= 0 &&
-                         id.get<std::int64_t>() < decoder.vocab_size,
-                     kWhere, source, ": eos_token_id (", detail::json_excerpt(eos),
-                     ") is not a token id or a list of them in [0, vocab_size (",
-                     decoder.vocab_size, "))");
-      decoder.eos_token_ids.push_back(static_cast<std::int32_t>(id.get<std::int64_t>()));
-    }
-  }
+  decoder.eos_token_ids = fields.token_ids("eos_token_id", decoder.vocab_size);
   decoder.validate();
   return decoder;
 }
