@@ -12,8 +12,10 @@
 // sequence is full.
 //
 // Options: --max-new N, --temperature T (0: greedy), --top-k K (0: all), --top-p P, --seed S (0),
-// --cache f32|bf16|int8 (bf16: the KV caches' element type), --max-tokens N (the KV caches'
-// capacity: 4096, or max_position_embeddings if smaller), --threads N (0: all). Those of
+// --cache f32|bf16|int8 (bf16: the KV caches' element type), --weights f32|bf16 (bf16: how the
+// linear weights and embeddings are held; bf16 loads a bf16 checkpoint unchanged in half the
+// memory of f32), --max-tokens N (the KV caches' capacity: 4096, or max_position_embeddings if
+// smaller), --threads N (0: all). Those of
 // generation given override the checkpoint's generation_config.json (read_generation_config:
 // greedy unless do_sample, at most 64 new tokens unless max_new_tokens); the random model
 // generates 32 tokens greedily.
@@ -64,6 +66,7 @@ struct Arguments {
   std::vector<std::int32_t> prompt;
   GenerationOverrides generation;
   std::string cache = "bf16";
+  std::string weights = "bf16";
   headroom::DecoderOptions options{0, 0};  // max_tokens 0: see capacity()
 };
 
@@ -125,6 +128,8 @@ Arguments parse(int argc, char** argv) {
         args.options.num_threads = static_cast<int>(integer(arg, value, 0, 4096));
       } else if (arg == "--cache") {
         args.cache = value;
+      } else if (arg == "--weights") {
+        args.weights = value;
       } else {
         std::fprintf(stderr, "generate: unknown option %s\n", arg.c_str());
         std::exit(2);
@@ -173,17 +178,18 @@ headroom::DecoderConfig random_model(Arguments& args) {
 }
 
 /// Generates from args.prompt with `checkpoint_generation` as the command line overrides it.
-template <class CacheElement>
+template <class CacheElement, class Weight>
 void run(const Arguments& args, const headroom::GenerationConfig& checkpoint_generation,
-         headroom::Decoder<CacheElement> decoder) {
+         headroom::Decoder<CacheElement, Weight> decoder) {
   const headroom::GenerationConfig generation = args.generation.applied_to(checkpoint_generation);
-  std::printf("model: %s, %ld layers, %ld heads over %ld kv heads of %ld, vocab %ld; %s cache, "
-              "%ld bytes per token\n",
+  std::printf("model: %s, %ld layers, %ld heads over %ld kv heads of %ld, vocab %ld; %s weights, "
+              "%s cache, %ld bytes per token\n",
               decoder.config().model_type.c_str(), static_cast<long>(decoder.config().num_hidden_layers),
               static_cast<long>(decoder.config().num_attention_heads),
               static_cast<long>(decoder.config().num_key_value_heads),
               static_cast<long>(decoder.config().head_dim),
-              static_cast<long>(decoder.config().vocab_size), args.cache.c_str(),
+              static_cast<long>(decoder.config().vocab_size), args.weights.c_str(),
+              args.cache.c_str(),
               static_cast<long>(decoder.cache_bytes_per_token()));
   std::printf("prompt: %zu tokens\ngenerated:", args.prompt.size());
   std::fflush(stdout);
@@ -203,7 +209,7 @@ void run(const Arguments& args, const headroom::GenerationConfig& checkpoint_gen
               tokens.size());
 }
 
-template <class CacheElement>
+template <class CacheElement, class Weight>
 void load_and_run(const Arguments& args) {
   if (args.directory.empty()) {
     Arguments random_args = args;
@@ -213,8 +219,8 @@ void load_and_run(const Arguments& args) {
     greedy.max_new_tokens = 32;
     greedy.sampler.temperature = 0.0f;
     run(random_args, greedy,
-        headroom::Decoder<CacheElement>(config, headroom::DecoderWeights::random(config, 7),
-                                        capacity(args, config)));
+        headroom::Decoder<CacheElement, Weight>(
+            config, headroom::DecoderWeightsOf<Weight>::random(config, 7), capacity(args, config)));
   } else {
     if (args.prompt.empty()) {
       std::fprintf(stderr, "generate: give the prompt's token ids after the directory\n");
@@ -222,21 +228,35 @@ void load_and_run(const Arguments& args) {
     }
     const headroom::DecoderConfig config = headroom::read_decoder_config(args.directory);
     run(args, headroom::read_generation_config(args.directory, config),
-        headroom::load_decoder<CacheElement>(args.directory, capacity(args, config)));
+        headroom::load_decoder<CacheElement, Weight>(args.directory, capacity(args, config)));
   }
 }
 
 }  // namespace
 
+/// Runs with the weights held as --weights says.
+template <class CacheElement>
+void load_and_run_with_weights(const Arguments& args) {
+  if (args.weights == "bf16") {
+    load_and_run<CacheElement, Eigen::bfloat16>(args);
+  } else {
+    load_and_run<CacheElement, float>(args);
+  }
+}
+
 int main(int argc, char** argv) {
   const Arguments args = parse(argc, argv);
+  if (args.weights != "f32" && args.weights != "bf16") {
+    std::fprintf(stderr, "generate: --weights must be f32 or bf16, got %s\n", args.weights.c_str());
+    return 2;
+  }
   try {
     if (args.cache == "f32") {
-      load_and_run<float>(args);
+      load_and_run_with_weights<float>(args);
     } else if (args.cache == "bf16") {
-      load_and_run<Eigen::bfloat16>(args);
+      load_and_run_with_weights<Eigen::bfloat16>(args);
     } else if (args.cache == "int8") {
-      load_and_run<std::int8_t>(args);
+      load_and_run_with_weights<std::int8_t>(args);
     } else {
       std::fprintf(stderr, "generate: --cache must be f32, bf16 or int8, got %s\n",
                    args.cache.c_str());

@@ -92,6 +92,21 @@ TEST(DecoderCheckpointTest, LoadsQwen2AndLlamaCheckpointsThatComputeAsTheirWeigh
   }
 }
 
+TEST(DecoderCheckpointTest, LoadsBf16WeightsUnchangedFromABf16Checkpoint) {
+  const DecoderConfig config = decoder_config_from_json(nlohmann::json::parse(kLlama));
+  ScratchDirectory dir("decoder_checkpoint_bf16");
+  const DecoderWeights rounded = write_checkpoint(dir, kLlama, DecoderWeights::random(config, 23));
+  using Bf16 = Eigen::bfloat16;
+  Decoder<float, Bf16> loaded = load_decoder<float, Bf16>(dir.path(), DecoderOptions{12, 1});
+  const DecoderWeightsOf<Bf16> held = loaded.weights();
+  EXPECT_EQ(held.embed_tokens.cast<float>(), rounded.embed_tokens);
+  EXPECT_EQ(held.layers[1].down_proj.cast<float>(), rounded.layers[1].down_proj);
+  EXPECT_EQ(held.lm_head.cast<float>(), rounded.lm_head);
+  Decoder<float, Bf16> expected(config, rounded.converted<Bf16>(), DecoderOptions{12, 1});
+  EXPECT_EQ(loaded.forward({1, 5, 28, 3, 9}), expected.forward({1, 5, 28, 3, 9}));
+  EXPECT_EQ(loaded.forward({7}), expected.forward({7}));
+}
+
 TEST(DecoderCheckpointTest, RefusesMissingTensorsByName) {
   const DecoderConfig config = decoder_config_from_json(nlohmann::json::parse(kLlama));
   ScratchDirectory dir("decoder_checkpoint_missing");

@@ -154,17 +154,19 @@ std::vector<std::int32_t> random_tokens(Index count, Index vocab, std::uint32_t 
   return tokens;
 }
 
-// Feeds `tokens` to `decoder` in `chunks` and checks each chunk's last logits against the
-// reference's at that position, within `tolerance` of the largest logit magnitude.
-template <class CacheElement>
+// Feeds `tokens` to a decoder with weights of Weight in `chunks` and checks each chunk's last
+// logits against the reference's (of the values the weights hold) at that position, within
+// `tolerance` of the largest logit magnitude.
+template <class CacheElement, class Weight = float>
 void expect_matches_reference(const DecoderConfig& config, const std::vector<Index>& chunks,
                               double tolerance, std::uint32_t seed) {
-  const DecoderWeights weights = DecoderWeights::random(config, seed);
+  const DecoderWeightsOf<Weight> held = DecoderWeightsOf<Weight>::random(config, seed);
+  const DecoderWeights weights = held.template converted<float>();
   Index total = 0;
   for (Index chunk : chunks) total += chunk;
   const std::vector<std::int32_t> tokens = random_tokens(total, config.vocab_size, seed + 1);
   const MatrixD expected = reference_logits(config, weights, tokens, chunks);
-  Decoder<CacheElement> decoder(config, weights, DecoderOptions{total + 3, 2});
+  Decoder<CacheElement, Weight> decoder(config, held, DecoderOptions{total + 3, 2});
   Index at = 0;
   for (Index chunk : chunks) {
     const std::vector<std::int32_t> part(tokens.begin() + at, tokens.begin() + at + chunk);
@@ -252,15 +254,32 @@ TEST(DecoderTest, ProjectionsCutIntoBlocksMatchReference) {
   expect_matches_reference<float>(blocked_config(), {1, 2, 1}, kF32Tolerance, 16);
 }
 
-TEST(DecoderTest, LogitsAreBitIdenticalForEveryThreadCount) {
+TEST(DecoderTest, Bf16WeightsMatchReferenceOfTheValuesTheyHold) {
+  // Widened exactly to f32 and summed in f32, bf16 weights compute as f32 ones of the same
+  // values: the f32 bound holds. Chunks of 1-4 tokens take the products widened in registers
+  // (hidden 24 and intermediate 40 or 130: rows of one packet and a tail, of several), longer
+  // ones the blocks widened for Eigen's product (lm_head of 301 rows: two blocks of 256).
+  using Bf16 = Eigen::bfloat16;
+  expect_matches_reference<float, Bf16>(tiny_config(4, 2), {11}, kF32Tolerance, 18);
+  expect_matches_reference<float, Bf16>(tiny_config(4, 1), {5, 1, 1, 3, 1}, kF32Tolerance, 19);
+  expect_matches_reference<float, Bf16>(blocked_config(), {6, 1, 4, 3, 2}, kF32Tolerance, 20);
+  DecoderConfig qwen = tiny_config(4, 2);
+  qwen.model_type = "qwen2";
+  qwen.qkv_bias = true;
+  qwen.tie_word_embeddings = true;  // the bf16 embeddings are the output head too
+  expect_matches_reference<Eigen::bfloat16, Bf16>(qwen, {6, 1, 2}, 3e-3, 21);
+}
+
+template <class Weight>
+void expect_bit_identical_for_every_thread_count() {
   const DecoderConfig config = blocked_config();
-  const DecoderWeights weights = DecoderWeights::random(config, 17);
+  const DecoderWeightsOf<Weight> weights = DecoderWeightsOf<Weight>::random(config, 17);
   const std::vector<std::vector<std::int32_t>> steps = {
       {3, 4, 5, 6, 7, 8}, {9}, {10, 11, 12}, {13}, {14, 15, 16, 17}};
   std::vector<Eigen::VectorXf> first;  // the logits of each step with one thread
   for (int threads : {1, 2, 3}) {
     SCOPED_TRACE("threads " + std::to_string(threads));
-    Decoder<float> decoder(config, weights, DecoderOptions{32, threads});
+    Decoder<float, Weight> decoder(config, weights, DecoderOptions{32, threads});
     for (size_t i = 0; i < steps.size(); ++i) {
       const Eigen::VectorXf logits = decoder.forward(steps[i]);
       if (threads == 1) {
@@ -270,6 +289,11 @@ TEST(DecoderTest, LogitsAreBitIdenticalForEveryThreadCount) {
       }
     }
   }
+}
+
+TEST(DecoderTest, LogitsAreBitIdenticalForEveryThreadCount) {
+  expect_bit_identical_for_every_thread_count<float>();
+  expect_bit_identical_for_every_thread_count<Eigen::bfloat16>();
 }
 
 TEST(DecoderTest, TruncateRollsBackToTheSameLogits) {

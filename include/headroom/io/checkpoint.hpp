@@ -158,11 +158,13 @@ class SafetensorsCheckpoint {
   std::unordered_map<std::string, size_t> file_of_;  // tensor name -> position in files_
 };
 
-/// Returns the tensor `name` of `checkpoint`, of shape [rows, cols], as a row-major f32 matrix
-/// (torch's layout: a linear weight [out_features, in_features] copies in unchanged).
-inline Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> read_matrix(
+/// Returns the tensor `name` of `checkpoint`, of shape [rows, cols], as a row-major matrix of T
+/// (float by default; see SafetensorsFile::read for the conversions) in torch's layout: a linear
+/// weight [out_features, in_features] copies in unchanged.
+template <class T = float>
+Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> read_matrix(
     const SafetensorsCheckpoint& checkpoint, const std::string& name, Index rows, Index cols) {
-  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> matrix(rows, cols);
+  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> matrix(rows, cols);
   checkpoint.read(name, {rows, cols}, matrix.data());
   return matrix;
 }

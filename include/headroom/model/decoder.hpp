@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "headroom/cache/kv_cache.hpp"
 #include "headroom/core/error.hpp"
 #include "headroom/core/parallel.hpp"
+#include "headroom/detail/weight_rows.hpp"
 #include "headroom/model/decoder_config.hpp"
 #include "headroom/model/decoder_weights.hpp"
 #include "headroom/position/rope.hpp"
@@ -38,16 +40,20 @@ struct DecoderOptions {
 ///   x += down_proj(silu(gate_proj(h)) * up_proj(h)),                       h = rms_norm(x)
 /// then logits = lm_head(rms_norm(x)). Attention is causal (or Mistral's sliding window) over the
 /// sequence so far, read from the layer's cache of CacheElement (float, Eigen::bfloat16,
-/// Eigen::half or std::int8_t). Activations are f32; RMSNorm sums squares in double.
+/// Eigen::half or std::int8_t). Activations are f32; RMSNorm sums squares in double. Weights of
+/// bf16 are widened to f32 as they are read, so every product still sums in f32.
 /// \tparam CacheElement the element type of the KV caches.
-template <class CacheElement = float>
+/// \tparam Weight the element type of the linear weights and embeddings: float, or
+///   Eigen::bfloat16 (half the memory, and a decode step reads half the bytes).
+template <class CacheElement = float, class Weight = float>
 class Decoder {
  public:
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Weights = DecoderWeightsOf<Weight>;
 
   /// Takes the config and weights; throws headroom::Error if either is invalid, or
   /// options.max_tokens or options.num_threads is negative.
-  Decoder(const DecoderConfig& config, DecoderWeights weights, const DecoderOptions& options = {})
+  Decoder(const DecoderConfig& config, Weights weights, const DecoderOptions& options = {})
       : config_(validated(config)),
         weights_(validated(config_, std::move(weights))),
         max_tokens_(max_tokens_of(config_, options)),
@@ -62,7 +68,7 @@ class Decoder {
   }
 
   const DecoderConfig& config() const { return config_; }
-  const DecoderWeights& weights() const { return weights_; }
+  const Weights& weights() const { return weights_; }
   /// The most tokens the sequence may hold.
   Index max_tokens() const { return max_tokens_; }
   /// The tokens fed so far: the position of the next one.
@@ -134,14 +140,16 @@ class Decoder {
     const Index hidden = config_.hidden_size, heads = config_.num_attention_heads;
     const Index kv_heads = config_.num_key_value_heads, head_dim = config_.head_dim;
     RowMatrix x(count, hidden);  // [tokens, hidden]: the residual stream
-    for (Index t = 0; t < count; ++t) x.row(t) = weights_.embed_tokens.row(tokens[t]);
+    for (Index t = 0; t < count; ++t) {
+      x.row(t) = weights_.embed_tokens.row(tokens[t]).template cast<float>();
+    }
     AttentionOptions options;
     options.mask = config_.sliding_window > 0 ? Mask::sliding_window(config_.sliding_window)
                                               : Mask::causal();
     options.num_threads = num_threads_;
     RowMatrix attended(count, heads * head_dim);  // [tokens, heads * head_dim]
     for (Index i = 0; i < config_.num_hidden_layers; ++i) {
-      const DecoderLayerWeights& w = weights_.layers[static_cast<size_t>(i)];
+      const typename Weights::LayerWeights& w = weights_.layers[static_cast<size_t>(i)];
       RowMatrix h = rms_norm(x, w.input_layernorm);
       RowMatrix q = project(h, w.q_proj);  // [tokens, heads * head_dim]
       RowMatrix k = project(h, w.k_proj);  // [tokens, kv_heads * head_dim]
@@ -171,7 +179,7 @@ class Decoder {
       x += project(gate, w.down_proj);
     }
     const RowMatrix last = rms_norm(x.bottomRows(1), weights_.norm);  // [1, hidden]
-    const DecoderWeights::Matrix& head =
+    const typename Weights::Matrix& head =
         config_.tie_word_embeddings ? weights_.embed_tokens : weights_.lm_head;
     return project(last, head).transpose();
   }
@@ -182,7 +190,9 @@ class Decoder {
   /// the result is the same for any thread count. A prompt's many tokens are one matrix product.
   /// Measured on Zen 3 (examples/generate's random model: 1024 hidden, 4 layers, 32k vocab; three
   /// alternated runs): decode with 2 threads 32-37 -> 52-65 tokens/s, with 1 thread the same.
-  RowMatrix project(const RowMatrix& x, const DecoderWeights::Matrix& w) const {
+  /// bf16 weights are widened in registers for a few tokens (detail::weight_row_dots), and a
+  /// block of rows at a time into f32 for a prompt's matrix product.
+  RowMatrix project(const RowMatrix& x, const typename Weights::Matrix& w) const {
     // Up to this many tokens the product is bound by reading W (a few FLOPs per weight).
     constexpr Index kFewTokens = 4;
     // Rows of W per block: a quarter to a half MiB of f32 weights at hidden sizes of 1-2k, enough
@@ -190,7 +200,19 @@ class Decoder {
     constexpr Index kBlockRows = 64;
     RowMatrix out(x.rows(), w.rows());
     if (x.rows() > kFewTokens) {
-      out.noalias() = x * w.transpose();
+      if constexpr (std::is_same_v<Weight, float>) {
+        out.noalias() = x * w.transpose();
+      } else {
+        // Rows widened per product: 1-4 MiB of f32 at hidden sizes of 1-4k, many tokens' worth of
+        // FLOPs per widened weight, so the widening costs little next to the product.
+        constexpr Index kWidenRows = 256;
+        RowMatrix widened(std::min(kWidenRows, w.rows()), w.cols());
+        for (Index first = 0; first < w.rows(); first += kWidenRows) {
+          const Index rows = std::min(kWidenRows, w.rows() - first);
+          detail::widen_weights(w.row(first).data(), rows * w.cols(), widened.data());
+          out.middleCols(first, rows).noalias() = x * widened.topRows(rows).transpose();
+        }
+      }
       return out;
     }
     const Index blocks = (w.rows() + kBlockRows - 1) / kBlockRows;
@@ -198,17 +220,37 @@ class Decoder {
                          [&](int, Index block) {
                            const Index first = block * kBlockRows;
                            const Index rows = std::min(kBlockRows, w.rows() - first);
-                           out.middleCols(first, rows).noalias() =
-                               x * w.middleRows(first, rows).transpose();
+                           if constexpr (std::is_same_v<Weight, float>) {
+                             out.middleCols(first, rows).noalias() =
+                                 x * w.middleRows(first, rows).transpose();
+                           } else {
+                             few_token_dots(x, w, first, rows, out);
+                           }
                          });
     return out;
+  }
+
+  /// out's columns [first, first + rows) = x . W's rows [first, first + rows)^T, x of 1-4 rows.
+  static void few_token_dots(const RowMatrix& x, const typename Weights::Matrix& w, Index first,
+                             Index rows, RowMatrix& out) {
+    const auto dots = [&](auto tokens) {
+      detail::weight_row_dots<decltype(tokens)::value>(x.data(), x.cols(), w.row(first).data(),
+                                                       w.cols(), w.cols(), rows,
+                                                       out.data() + first, out.cols());
+    };
+    switch (x.rows()) {
+      case 1: return dots(std::integral_constant<int, 1>{});
+      case 2: return dots(std::integral_constant<int, 2>{});
+      case 3: return dots(std::integral_constant<int, 3>{});
+      default: return dots(std::integral_constant<int, 4>{});
+    }
   }
 
   static DecoderConfig validated(const DecoderConfig& config) {
     config.validate();
     return config;
   }
-  static DecoderWeights validated(const DecoderConfig& config, DecoderWeights weights) {
+  static Weights validated(const DecoderConfig& config, Weights weights) {
     weights.validate(config);
     return weights;
   }
@@ -256,7 +298,7 @@ class Decoder {
   }
 
   DecoderConfig config_;
-  DecoderWeights weights_;
+  Weights weights_;
   Index max_tokens_;
   int num_threads_;
   std::unique_ptr<RopeTable> rope_;

@@ -29,8 +29,8 @@ struct GenerationConfig {
 /// before feeding anything if the prompt is empty or does not fit, or max_new_tokens or the
 /// sampler's settings are invalid; logits the sampler refuses (NaN) throw with what was fed
 /// until then kept.
-template <class CacheElement, class OnToken>
-std::vector<std::int32_t> generate(Decoder<CacheElement>& decoder,
+template <class CacheElement, class Weight, class OnToken>
+std::vector<std::int32_t> generate(Decoder<CacheElement, Weight>& decoder,
                                    const std::vector<std::int32_t>& prompt,
                                    const GenerationConfig& config, OnToken&& on_token) {
   constexpr const char* kWhere = "generate";
@@ -56,8 +56,8 @@ std::vector<std::int32_t> generate(Decoder<CacheElement>& decoder,
 }
 
 /// generate without a per-token callback.
-template <class CacheElement>
-std::vector<std::int32_t> generate(Decoder<CacheElement>& decoder,
+template <class CacheElement, class Weight>
+std::vector<std::int32_t> generate(Decoder<CacheElement, Weight>& decoder,
                                    const std::vector<std::int32_t>& prompt,
                                    const GenerationConfig& config) {
   return generate(decoder, prompt, config, [](std::int32_t) {});
