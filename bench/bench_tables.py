@@ -96,6 +96,12 @@ def main(path):
           lambda m, run: [m[2], m[1], m[3], m[4], fmt(run["real_time"] / 1e3, 2),
                           fmt(run["tok_s"], 0), fmt(run["bytes_per_second"] / 1e9, 1),
                           fmt(run["roof"])])
+    table(runs, r"BM_DecoderStep/(\w+)/threads:(\d+)$",
+          ["decoder step, 4 Llama-3.2-1B layers, 32k vocab", "weights", "threads", "ms/step",
+           "tok/s", "GB/s", "probe GB/s", "roof"],
+          lambda m, run: ["", m[1], m[2], fmt(run["real_time"], 1), fmt(run["tok_s"], 1),
+                          fmt(run["bytes_per_second"] / 1e9, 1), fmt(run["read_bw"] / 1e9, 1),
+                          fmt(run["roof"])])
     table(runs, r"BM_KvBudget/\w+/\w+/(\w+)/kv:(\d+)$",
           ["KV budget, 16 heads x 128, bf16", "bytes/token", "MiB per 32k context",
            "decode tok/s (2 threads)"],

@@ -13,39 +13,63 @@
 namespace headroom::detail {
 
 /// out[t * out_stride + r] = sum_c x[t * x_stride + c] * w[r * w_stride + c] for t < kTokens and
+/// r < kRows, one packet of every row per step: the rows are kRows independent FMA chains per
+/// token and kRows read streams (one stream per core reads at half the DRAM rate here). A row's
+/// sum is taken in the same order whatever kRows is.
+template <int kTokens, int kRows, class Weight>
+EIGEN_ALWAYS_INLINE void weight_row_group_dots(const float* x, Index x_stride, const Weight* w,
+                                               Index w_stride, Index cols, float* out,
+                                               Index out_stride) {
+  namespace ei = Eigen::internal;
+  Packet acc[kRows][kTokens];
+  for (int r = 0; r < kRows; ++r) {
+    for (int t = 0; t < kTokens; ++t) acc[r][t] = ei::pset1<Packet>(0.0f);
+  }
+  Index c = 0;
+  for (; c + kPacketSize <= cols; c += kPacketSize) {
+    Packet xs[kTokens];
+    for (int t = 0; t < kTokens; ++t) xs[t] = ei::ploadu<Packet>(x + t * x_stride + c);
+    for (int r = 0; r < kRows; ++r) {
+      // The rows two groups on, which follow these in memory: rows of a few KiB are streams too
+      // short for the hardware prefetcher to run ahead of. examples/generate's random model
+      // (rows of 2 KiB), one thread on Zen 3, three alternated runs: 32-35 tokens/s without,
+      // 46-48 with (f32 weights: 33-35); one, two or four groups on were alike.
+      __builtin_prefetch(w + (r + 2 * kRows) * w_stride + c);
+      const Packet row = load_packet(w + r * w_stride + c);
+      for (int t = 0; t < kTokens; ++t) acc[r][t] = ei::pmadd(row, xs[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int t = 0; t < kTokens; ++t) {
+      float sum = ei::predux(acc[r][t]);
+      for (Index k = c; k < cols; ++k) {
+        sum += x[t * x_stride + k] * static_cast<float>(w[r * w_stride + k]);
+      }
+      out[t * out_stride + r] = sum;
+    }
+  }
+}
+
+/// out[t * out_stride + r] = sum_c x[t * x_stride + c] * w[r * w_stride + c] for t < kTokens and
 /// r < rows: each weight row is read once, as f32 packets converted in registers, against the
-/// kTokens activation rows (which stay in L1). Two packets of each row are in flight per step, so
-/// even one token has two independent FMA chains. Every sum is taken in the same order whatever
-/// the caller's blocking, so results do not depend on how rows are shared among threads.
+/// kTokens activation rows (which stay in L1), a group of rows at a time. Results do not depend
+/// on how the caller cuts the rows into blocks, so not on how threads share them.
+/// Measured on Zen 3 (BM_DecoderStep/bf16, medians of 3): rows one at a time (two chains each)
+/// took 71.6 ms per step on one thread and 36.3 on two; four at a time 49.0 and 30.2; eight at a
+/// time (one token) no better, 51.5 and 30.4.
 template <int kTokens, class Weight>
 void weight_row_dots(const float* x, Index x_stride, const Weight* w, Index w_stride, Index cols,
                      Index rows, float* out, Index out_stride) {
-  constexpr Index kSize = kPacketSize;
-  namespace ei = Eigen::internal;
-  for (Index r = 0; r < rows; ++r) {
-    const Weight* row = w + r * w_stride;
-    Packet even[kTokens], odd[kTokens];
-    for (int t = 0; t < kTokens; ++t) even[t] = odd[t] = ei::pset1<Packet>(0.0f);
-    Index c = 0;
-    for (; c + 2 * kSize <= cols; c += 2 * kSize) {
-      const Packet w0 = load_packet(row + c), w1 = load_packet(row + c + kSize);
-      for (int t = 0; t < kTokens; ++t) {
-        even[t] = ei::pmadd(w0, ei::ploadu<Packet>(x + t * x_stride + c), even[t]);
-        odd[t] = ei::pmadd(w1, ei::ploadu<Packet>(x + t * x_stride + c + kSize), odd[t]);
-      }
-    }
-    if (c + kSize <= cols) {
-      const Packet w0 = load_packet(row + c);
-      for (int t = 0; t < kTokens; ++t) {
-        even[t] = ei::pmadd(w0, ei::ploadu<Packet>(x + t * x_stride + c), even[t]);
-      }
-      c += kSize;
-    }
-    for (int t = 0; t < kTokens; ++t) {
-      float sum = ei::predux(ei::padd(even[t], odd[t]));
-      for (Index k = c; k < cols; ++k) sum += x[t * x_stride + k] * static_cast<float>(row[k]);
-      out[t * out_stride + r] = sum;
-    }
+  // Four rows keep 4 x kTokens accumulators; for 3-4 tokens two rows keep the registers of AVX2.
+  constexpr int kRows = kTokens <= 2 ? 4 : 2;
+  Index r = 0;
+  for (; r + kRows <= rows; r += kRows) {
+    weight_row_group_dots<kTokens, kRows>(x, x_stride, w + r * w_stride, w_stride, cols, out + r,
+                                          out_stride);
+  }
+  for (; r < rows; ++r) {
+    weight_row_group_dots<kTokens, 1>(x, x_stride, w + r * w_stride, w_stride, cols, out + r,
+                                      out_stride);
   }
 }
 
