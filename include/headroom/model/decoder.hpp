@@ -5,6 +5,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -151,9 +152,8 @@ class Decoder {
     for (Index i = 0; i < config_.num_hidden_layers; ++i) {
       const typename Weights::LayerWeights& w = weights_.layers[static_cast<size_t>(i)];
       RowMatrix h = rms_norm(x, w.input_layernorm);
-      RowMatrix q = project(h, w.q_proj);  // [tokens, heads * head_dim]
-      RowMatrix k = project(h, w.k_proj);  // [tokens, kv_heads * head_dim]
-      RowMatrix v = project(h, w.v_proj);
+      // q [tokens, heads * head_dim]; k and v [tokens, kv_heads * head_dim].
+      auto [q, k, v] = project_each<3>(h, {&w.q_proj, &w.k_proj, &w.v_proj});
       if (config_.qkv_bias) {
         q.rowwise() += w.q_bias.transpose();
         k.rowwise() += w.k_bias.transpose();
@@ -172,8 +172,7 @@ class Decoder {
       if (config_.o_bias) x.rowwise() += w.o_bias.transpose();
 
       h = rms_norm(x, w.post_attention_layernorm);
-      RowMatrix gate = project(h, w.gate_proj);  // [tokens, intermediate_size]
-      const RowMatrix up = project(h, w.up_proj);
+      auto [gate, up] = project_each<2>(h, {&w.gate_proj, &w.up_proj});  // [tokens, intermediate]
       // SwiGLU: silu(gate) * up, silu(g) = g / (1 + exp(-g)).
       gate.array() = gate.array() / (1.0f + (-gate.array()).exp()) * up.array();
       x += project(gate, w.down_proj);
@@ -184,50 +183,76 @@ class Decoder {
     return project(last, head).transpose();
   }
 
-  /// Returns x.W^T, [tokens, W's rows]. For a few tokens (decode, speculative verification) the
-  /// product reads every weight once for little arithmetic, and Eigen computes it on one thread:
-  /// the rows of W are cut into blocks that num_threads_ threads share. The blocks are fixed, so
-  /// the result is the same for any thread count. A prompt's many tokens are one matrix product.
+  /// Returns x.W^T, [tokens, W's rows].
+  RowMatrix project(const RowMatrix& x, const typename Weights::Matrix& w) const {
+    return std::move(project_each<1>(x, {&w})[0]);
+  }
+
+  /// Returns x.W^T for each W of `ws`, [tokens, W's rows]: products of the same input (q, k and
+  /// v; gate and up) share one parallel_for. For a few tokens (decode, speculative verification)
+  /// a product reads every weight once for little arithmetic, and Eigen computes it on one
+  /// thread: the rows of the W are cut into blocks that num_threads_ threads share. The blocks
+  /// are fixed, so the result is the same for any thread count. A prompt's many tokens are one
+  /// matrix product per W.
   /// Measured on Zen 3 (examples/generate's random model: 1024 hidden, 4 layers, 32k vocab; three
   /// alternated runs): decode with 2 threads 32-37 -> 52-65 tokens/s, with 1 thread the same.
+  /// One parallel_for per group rather than per W (4 per layer instead of 7, so 17 per token of
+  /// BM_DecoderStep instead of 29), the same bench, two alternated rounds of medians of 3: bf16
+  /// weights with 2 threads at roof 0.89-0.92 of the paired read probe instead of 0.86-0.90
+  /// (25-26 ms per step instead of 30-31); f32 weights and 1 thread the same.
   /// bf16 weights are widened in registers for a few tokens (detail::weight_row_dots), and a
   /// block of rows at a time into f32 for a prompt's matrix product.
-  RowMatrix project(const RowMatrix& x, const typename Weights::Matrix& w) const {
+  template <size_t kCount>
+  std::array<RowMatrix, kCount> project_each(
+      const RowMatrix& x, const std::array<const typename Weights::Matrix*, kCount>& ws) const {
     // Up to this many tokens the product is bound by reading W (a few FLOPs per weight).
     constexpr Index kFewTokens = 4;
     // Rows of W per block: a quarter to a half MiB of f32 weights at hidden sizes of 1-2k, enough
     // work per block to hide the handing out, and many blocks to balance the threads.
     constexpr Index kBlockRows = 64;
-    RowMatrix out(x.rows(), w.rows());
-    if (x.rows() > kFewTokens) {
-      if constexpr (std::is_same_v<Weight, float>) {
-        out.noalias() = x * w.transpose();
-      } else {
-        // Rows widened per product: 1-4 MiB of f32 at hidden sizes of 1-4k, many tokens' worth of
-        // FLOPs per widened weight, so the widening costs little next to the product.
-        constexpr Index kWidenRows = 256;
-        RowMatrix widened(std::min(kWidenRows, w.rows()), w.cols());
-        for (Index first = 0; first < w.rows(); first += kWidenRows) {
-          const Index rows = std::min(kWidenRows, w.rows() - first);
-          detail::widen_weights(w.row(first).data(), rows * w.cols(), widened.data());
-          out.middleCols(first, rows).noalias() = x * widened.topRows(rows).transpose();
-        }
-      }
-      return out;
+    std::array<RowMatrix, kCount> outs;
+    std::array<Index, kCount + 1> first_block{};  // ws[i]'s blocks: [first_block[i], [i + 1])
+    for (size_t i = 0; i < kCount; ++i) {
+      outs[i].resize(x.rows(), ws[i]->rows());
+      if (x.rows() > kFewTokens) many_token_product(x, *ws[i], outs[i]);
+      first_block[i + 1] = first_block[i] + (ws[i]->rows() + kBlockRows - 1) / kBlockRows;
     }
-    const Index blocks = (w.rows() + kBlockRows - 1) / kBlockRows;
+    if (x.rows() > kFewTokens) return outs;
+    const Index blocks = first_block[kCount];
     detail::parallel_for(blocks, detail::resolve_num_threads(num_threads_, blocks),
                          [&](int, Index block) {
-                           const Index first = block * kBlockRows;
+                           size_t i = 0;
+                           while (block >= first_block[i + 1]) ++i;
+                           const typename Weights::Matrix& w = *ws[i];
+                           const Index first = (block - first_block[i]) * kBlockRows;
                            const Index rows = std::min(kBlockRows, w.rows() - first);
                            if constexpr (std::is_same_v<Weight, float>) {
-                             out.middleCols(first, rows).noalias() =
+                             outs[i].middleCols(first, rows).noalias() =
                                  x * w.middleRows(first, rows).transpose();
                            } else {
-                             few_token_dots(x, w, first, rows, out);
+                             few_token_dots(x, w, first, rows, outs[i]);
                            }
                          });
-    return out;
+    return outs;
+  }
+
+  /// out = x.W^T for many tokens: one matrix product (Eigen's threads), bf16 weights widened to
+  /// f32 a block of rows at a time.
+  static void many_token_product(const RowMatrix& x, const typename Weights::Matrix& w,
+                                 RowMatrix& out) {
+    if constexpr (std::is_same_v<Weight, float>) {
+      out.noalias() = x * w.transpose();
+    } else {
+      // Rows widened per product: 1-4 MiB of f32 at hidden sizes of 1-4k, many tokens' worth of
+      // FLOPs per widened weight, so the widening costs little next to the product.
+      constexpr Index kWidenRows = 256;
+      RowMatrix widened(std::min(kWidenRows, w.rows()), w.cols());
+      for (Index first = 0; first < w.rows(); first += kWidenRows) {
+        const Index rows = std::min(kWidenRows, w.rows() - first);
+        detail::widen_weights(w.row(first).data(), rows * w.cols(), widened.data());
+        out.middleCols(first, rows).noalias() = x * widened.topRows(rows).transpose();
+      }
+    }
   }
 
   /// out's columns [first, first + rows) = x . W's rows [first, first + rows)^T, x of 1-4 rows.
