@@ -112,5 +112,19 @@ inline void from_float(const float* src, Index count, float scale, T* dst) {
   }
 }
 
+/// Writes `count` elements of src as f32 into dst, times `scale` (an int8 row's scale, else 1):
+/// the inverse of from_float, a packet at a time and the tail one by one. Both give the same
+/// value for an element (one exact widening, one rounding of the product).
+template <class T>
+inline void to_float(const T* src, Index count, float scale, float* dst) {
+  namespace ei = Eigen::internal;
+  using FloatPacket = ei::packet_traits<float>::type;
+  constexpr Index kSize = ei::packet_traits<float>::size;
+  const FloatPacket factor = ei::pset1<FloatPacket>(scale);
+  Index i = 0;
+  for (; i + kSize <= count; i += kSize) ei::pstoreu(dst + i, ei::pmul(load_packet(src + i), factor));
+  for (; i < count; ++i) dst[i] = scale * static_cast<float>(src[i]);
+}
+
 }  // namespace detail
 }  // namespace headroom

@@ -104,17 +104,12 @@ void gather_tile_rows(const Source& source, Index b, Index kv_head, Index k0, In
   rows.end_at(at + count);
 }
 
-/// Writes `dim` elements of a K or V row (dim_stride apart) to the aligned f32 row `dst`, times
-/// `scale` (the int8 scale, else 1): in packets when the row is contiguous.
+/// Writes `dim` elements of a K or V row (dim_stride apart) to the f32 row `dst`, times `scale`
+/// (the int8 scale, else 1): in packets when the row is contiguous.
 template <class T>
 void row_to_f32(const T* src, Index dim, Index dim_stride, float scale, float* dst) {
-  using namespace Eigen::internal;
-  if (dim % kPacketSize == 0 && dim_stride == 1) {
-    const Packet factor = pset1<Packet>(scale);
-    for (Index d = 0; d < dim; d += kPacketSize) pstore(dst + d, pmul(load_packet(src + d), factor));
-  } else {
-    for (Index d = 0; d < dim; ++d) dst[d] = scale * static_cast<float>(src[d * dim_stride]);
-  }
+  if (dim_stride == 1) return to_float(src, dim, scale, dst);
+  for (Index d = 0; d < dim; ++d) dst[d] = scale * static_cast<float>(src[d * dim_stride]);
 }
 
 /// Returns whether the `count` rows at row[c] lie one after the other, `stride` elements apart.

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MIT
 // Products with a decoder's weight rows held in low precision (bf16): the dot products of a few
-// activation rows with each weight row, widening the weights to f32 in registers, and the widening
-// of a block of weight rows to f32 for a matrix product.
+// activation rows with each weight row, widening the weights to f32 in registers.
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 
 #include "headroom/core/element.hpp"
 #include "headroom/core/tensor_view.hpp"
@@ -15,11 +15,12 @@ namespace headroom::detail {
 /// out[t * out_stride + r] = sum_c x[t * x_stride + c] * w[r * w_stride + c] for t < kTokens and
 /// r < kRows, one packet of every row per step: the rows are kRows independent FMA chains per
 /// token and kRows read streams (one stream per core reads at half the DRAM rate here). A row's
-/// sum is taken in the same order whatever kRows is.
+/// sum is taken in the same order whatever kRows is. The kRows rows at `ahead` (w_stride apart,
+/// within the matrix) are requested from memory meanwhile.
 template <int kTokens, int kRows, class Weight>
 EIGEN_ALWAYS_INLINE void weight_row_group_dots(const float* x, Index x_stride, const Weight* w,
-                                               Index w_stride, Index cols, float* out,
-                                               Index out_stride) {
+                                               const Weight* ahead, Index w_stride, Index cols,
+                                               float* out, Index out_stride) {
   namespace ei = Eigen::internal;
   Packet acc[kRows][kTokens];
   for (int r = 0; r < kRows; ++r) {
@@ -30,11 +31,7 @@ EIGEN_ALWAYS_INLINE void weight_row_group_dots(const float* x, Index x_stride, c
     Packet xs[kTokens];
     for (int t = 0; t < kTokens; ++t) xs[t] = ei::ploadu<Packet>(x + t * x_stride + c);
     for (int r = 0; r < kRows; ++r) {
-      // The rows two groups on, which follow these in memory: rows of a few KiB are streams too
-      // short for the hardware prefetcher to run ahead of. examples/generate's random model
-      // (rows of 2 KiB), one thread on Zen 3, three alternated runs: 32-35 tokens/s without,
-      // 46-48 with (f32 weights: 33-35); one, two or four groups on were alike.
-      __builtin_prefetch(w + (r + 2 * kRows) * w_stride + c);
+      __builtin_prefetch(ahead + r * w_stride + c);
       const Packet row = load_packet(w + r * w_stride + c);
       for (int t = 0; t < kTokens; ++t) acc[r][t] = ei::pmadd(row, xs[t], acc[r][t]);
     }
@@ -62,24 +59,22 @@ void weight_row_dots(const float* x, Index x_stride, const Weight* w, Index w_st
                      Index rows, float* out, Index out_stride) {
   // Four rows keep 4 x kTokens accumulators; for 3-4 tokens two rows keep the registers of AVX2.
   constexpr int kRows = kTokens <= 2 ? 4 : 2;
+  // Each group requests the rows two groups on, which follow it in memory: rows of a few KiB are
+  // streams too short for the hardware prefetcher to run ahead of. examples/generate's random
+  // model (rows of 2 KiB), one thread on Zen 3, three alternated runs: 32-35 tokens/s without,
+  // 46-48 with (f32 weights: 33-35); one, two or four groups on were alike. The last groups
+  // request their own rows again rather than rows past the block (another thread's, or none).
+  constexpr Index kAheadRows = 2 * kRows;
   Index r = 0;
   for (; r + kRows <= rows; r += kRows) {
-    weight_row_group_dots<kTokens, kRows>(x, x_stride, w + r * w_stride, w_stride, cols, out + r,
-                                          out_stride);
+    const Index ahead = std::min(r + kAheadRows, rows - kRows);
+    weight_row_group_dots<kTokens, kRows>(x, x_stride, w + r * w_stride, w + ahead * w_stride,
+                                          w_stride, cols, out + r, out_stride);
   }
   for (; r < rows; ++r) {
-    weight_row_group_dots<kTokens, 1>(x, x_stride, w + r * w_stride, w_stride, cols, out + r,
-                                      out_stride);
+    weight_row_group_dots<kTokens, 1>(x, x_stride, w + r * w_stride, w + r * w_stride, w_stride,
+                                      cols, out + r, out_stride);
   }
-}
-
-/// Writes the `count` weights at `w` to `out` as f32, a packet at a time.
-template <class Weight>
-void widen_weights(const Weight* w, Index count, float* out) {
-  constexpr Index kSize = kPacketSize;
-  Index i = 0;
-  for (; i + kSize <= count; i += kSize) Eigen::internal::pstoreu(out + i, load_packet(w + i));
-  for (; i < count; ++i) out[i] = static_cast<float>(w[i]);
 }
 
 }  // namespace headroom::detail

@@ -15,6 +15,7 @@
 
 #include "headroom/attention/attend.hpp"
 #include "headroom/cache/kv_cache.hpp"
+#include "headroom/core/element.hpp"
 #include "headroom/core/error.hpp"
 #include "headroom/core/parallel.hpp"
 #include "headroom/detail/weight_rows.hpp"
@@ -249,7 +250,7 @@ class Decoder {
       RowMatrix widened(std::min(kWidenRows, w.rows()), w.cols());
       for (Index first = 0; first < w.rows(); first += kWidenRows) {
         const Index rows = std::min(kWidenRows, w.rows() - first);
-        detail::widen_weights(w.row(first).data(), rows * w.cols(), widened.data());
+        detail::to_float(w.row(first).data(), rows * w.cols(), 1.0f, widened.data());
         out.middleCols(first, rows).noalias() = x * widened.topRows(rows).transpose();
       }
     }
