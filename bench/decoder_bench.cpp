@@ -67,7 +67,9 @@ void run_decoder_step(benchmark::State& state, int num_threads) {
   for (Index i = 0; i < kPrompt; ++i) prompt[i] = static_cast<std::int32_t>((i * 7919) % 32000);
   decoder.forward(prompt);
   const double bytes = step_weight_bytes(bench_weights<Weight>());
-  PairedReadProbe probe(num_threads, static_cast<Index>(bytes));
+  // Four streams per thread, as weight_row_dots reads four rows at once (and Eigen's GEMV of f32
+  // weights several): judged against two, the f32 steps read faster than the probe (roof > 1).
+  PairedReadProbe probe(num_threads, static_cast<Index>(bytes), 4);
   std::int32_t token = 1;
   for (auto _ : state) {
     Eigen::VectorXf logits;

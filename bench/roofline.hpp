@@ -48,27 +48,44 @@ inline double fma_probe(int num_threads, long iterations) {
 /// where the system gives them): the best rate at which this machine reads such memory.
 using ProbeBuffer = std::vector<float, detail::HugePageAllocator<float>>;
 
-/// Reads the buffer once with packet loads, each thread its own slice walked as `streams`
-/// interleaved sub-ranges (more streams keep more DRAM requests in flight), and returns the bytes
-/// read.
-inline double read_probe(const ProbeBuffer& buffer, int num_threads, int streams) {
+/// Sums `count` floats (a multiple of kStreams * kPacketSize) with packet loads, walked as
+/// kStreams interleaved sub-ranges: more streams keep more DRAM requests in flight. The count is
+/// a template parameter so that the loop over the streams unrolls.
+template <int kStreams>
+float read_streams(const float* data, Index count) {
   using namespace Eigen::internal;
-  constexpr int kMaxStreams = 4;
-  const Index per_stream = static_cast<Index>(buffer.size()) / num_threads / streams /
-                           kPacketSize * kPacketSize;
+  const Index per_stream = count / kStreams;
+  Packet acc[kStreams];
+  for (Packet& a : acc) a = pset1<Packet>(0.0f);
+  for (Index i = 0; i < per_stream; i += kPacketSize) {
+    for (int s = 0; s < kStreams; ++s) {
+      acc[s] = padd(acc[s], pload<Packet>(data + s * per_stream + i));
+    }
+  }
+  for (int s = 1; s < kStreams; ++s) acc[0] = padd(acc[0], acc[s]);
+  return predux(acc[0]);
+}
+
+/// read_streams for 1, 2 or 4 streams.
+inline float read_streams(const float* data, Index count, int streams) {
+  switch (streams) {
+    case 1: return read_streams<1>(data, count);
+    case 2: return read_streams<2>(data, count);
+    default: return read_streams<4>(data, count);
+  }
+}
+
+/// Reads the buffer once, each thread its own slice as `streams` interleaved sub-ranges, and
+/// returns the bytes read.
+inline double read_probe(const ProbeBuffer& buffer, int num_threads, int streams) {
+  const Index per_thread = static_cast<Index>(buffer.size()) / num_threads /
+                           (streams * kPacketSize) * (streams * kPacketSize);
   std::vector<float> sink(static_cast<size_t>(num_threads));
   detail::parallel_for(num_threads, num_threads, [&](int, Index thread) {
-    const float* base = buffer.data() + thread * per_stream * streams;
-    Packet acc[kMaxStreams];
-    for (Packet& a : acc) a = pset1<Packet>(0.0f);
-    for (Index i = 0; i < per_stream; i += kPacketSize) {
-      for (int s = 0; s < streams; ++s) acc[s] = padd(acc[s], pload<Packet>(base + s * per_stream + i));
-    }
-    for (int s = 1; s < kMaxStreams; ++s) acc[0] = padd(acc[0], acc[s]);
-    sink[thread] = predux(acc[0]);
+    sink[thread] = read_streams(buffer.data() + thread * per_thread, per_thread, streams);
   });
   benchmark::DoNotOptimize(sink.data());
-  return 4.0 * static_cast<double>(per_stream) * streams * num_threads;
+  return 4.0 * static_cast<double>(per_thread) * num_threads;
 }
 
 /// This machine's last-level cache in bytes (glibc reads it from cpuid), or 32 MiB where it cannot
@@ -164,9 +181,13 @@ inline double read_bandwidth(int num_threads) {
 class PairedReadProbe {
  public:
   /// Steps that read more than half the probe's buffer are matched by windows of half of it:
-  /// a window still streams hundreds of MiB, and consecutive windows never overlap.
-  PairedReadProbe(int num_threads, Index bytes_per_step)
+  /// a window still streams hundreds of MiB, and consecutive windows never overlap. Each thread
+  /// reads its share as `streams` (1, 2 or 4) interleaved sub-ranges: two keep enough DRAM requests
+  /// in flight for one core here (BM_ReadBandwidth: one stream reaches half of it), as many as
+  /// the kernel reads at once judge it by what that pattern can reach.
+  PairedReadProbe(int num_threads, Index bytes_per_step, int streams = 2)
       : num_threads_(num_threads),
+        streams_(streams),
         floats_(std::clamp<Index>(bytes_per_step / Index{sizeof(float)}, Index{1} << 16,
                                   static_cast<Index>(read_probe_buffer().size()) / 2)) {}
 
@@ -175,11 +196,13 @@ class PairedReadProbe {
     const auto& buffer = read_probe_buffer();
     const Index size = static_cast<Index>(buffer.size());
     if (offset_ + floats_ > size) offset_ = 0;
-    const Index per_thread = floats_ / num_threads_ / (2 * kPacketSize) * (2 * kPacketSize);
+    const Index per_thread =
+        floats_ / num_threads_ / (streams_ * kPacketSize) * (streams_ * kPacketSize);
     std::vector<float> sink(static_cast<size_t>(num_threads_));
     seconds_ += seconds([&] {
       detail::parallel_for(num_threads_, num_threads_, [&](int, Index thread) {
-        sink[thread] = read_two_streams(buffer.data() + offset_ + thread * per_thread, per_thread);
+        sink[thread] =
+            read_streams(buffer.data() + offset_ + thread * per_thread, per_thread, streams_);
       });
     });
     benchmark::DoNotOptimize(sink.data());
@@ -191,20 +214,8 @@ class PairedReadProbe {
   double bandwidth() const { return seconds_ > 0.0 ? bytes_ / seconds_ : 0.0; }
 
  private:
-  /// Sums `count` floats as two interleaved halves: two streams per thread keep enough DRAM
-  /// requests in flight for one core here (BM_ReadBandwidth: one stream reaches half of it).
-  static float read_two_streams(const float* data, Index count) {
-    using namespace Eigen::internal;
-    const Index half = count / 2;
-    Packet a = pset1<Packet>(0.0f), b = pset1<Packet>(0.0f);
-    for (Index i = 0; i < half; i += kPacketSize) {
-      a = padd(a, pload<Packet>(data + i));
-      b = padd(b, pload<Packet>(data + half + i));
-    }
-    return predux(padd(a, b));
-  }
-
   int num_threads_;
+  int streams_;
   Index floats_;
   Index offset_ = 0;
   double seconds_ = 0.0, bytes_ = 0.0;
