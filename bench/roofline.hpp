@@ -13,6 +13,7 @@
 
 #include <unistd.h>
 
+#include "headroom/core/error.hpp"
 #include "headroom/core/huge_page_allocator.hpp"
 #include "headroom/core/parallel.hpp"
 
@@ -49,8 +50,8 @@ inline double fma_probe(int num_threads, long iterations) {
 using ProbeBuffer = std::vector<float, detail::HugePageAllocator<float>>;
 
 /// Sums `count` floats (a multiple of kStreams * kPacketSize) with packet loads, walked as
-/// kStreams interleaved sub-ranges: more streams keep more DRAM requests in flight. The count is
-/// a template parameter so that the loop over the streams unrolls.
+/// kStreams interleaved sub-ranges: more streams keep more DRAM requests in flight. The number of
+/// streams is a template parameter so that the loop over them unrolls.
 template <int kStreams>
 float read_streams(const float* data, Index count) {
   using namespace Eigen::internal;
@@ -66,13 +67,15 @@ float read_streams(const float* data, Index count) {
   return predux(acc[0]);
 }
 
-/// read_streams for 1, 2 or 4 streams.
+/// read_streams for 1, 2 or 4 streams; throws headroom::Error for any other count.
 inline float read_streams(const float* data, Index count, int streams) {
   switch (streams) {
     case 1: return read_streams<1>(data, count);
     case 2: return read_streams<2>(data, count);
-    default: return read_streams<4>(data, count);
+    case 4: return read_streams<4>(data, count);
+    default: HEADROOM_CHECK(false, "read_streams", "streams (", streams, ") is not 1, 2 or 4");
   }
+  return 0.0f;
 }
 
 /// Reads the buffer once, each thread its own slice as `streams` interleaved sub-ranges, and
@@ -182,14 +185,18 @@ class PairedReadProbe {
  public:
   /// Steps that read more than half the probe's buffer are matched by windows of half of it:
   /// a window still streams hundreds of MiB, and consecutive windows never overlap. Each thread
-  /// reads its share as `streams` (1, 2 or 4) interleaved sub-ranges: two keep enough DRAM requests
-  /// in flight for one core here (BM_ReadBandwidth: one stream reaches half of it), as many as
-  /// the kernel reads at once judge it by what that pattern can reach.
+  /// reads its share as `streams` (1, 2 or 4) interleaved sub-ranges: two keep enough DRAM
+  /// requests in flight for one core here (BM_ReadBandwidth: one stream reaches half of it), as
+  /// many as the kernel reads at once judge it by what that pattern can reach.
   PairedReadProbe(int num_threads, Index bytes_per_step, int streams = 2)
       : num_threads_(num_threads),
         streams_(streams),
         floats_(std::clamp<Index>(bytes_per_step / Index{sizeof(float)}, Index{1} << 16,
-                                  static_cast<Index>(read_probe_buffer().size()) / 2)) {}
+                                  static_cast<Index>(read_probe_buffer().size()) / 2) /
+                kPacketSize * kPacketSize) {  // windows start on packets (aligned loads)
+    HEADROOM_CHECK(streams == 1 || streams == 2 || streams == 4, "PairedReadProbe", "streams (",
+                   streams, ") is not 1, 2 or 4");
+  }
 
   /// Reads the next window of bytes_per_step bytes and adds its time to the total.
   void run() {

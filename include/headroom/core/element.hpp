@@ -122,7 +122,9 @@ inline void to_float(const T* src, Index count, float scale, float* dst) {
   constexpr Index kSize = ei::packet_traits<float>::size;
   const FloatPacket factor = ei::pset1<FloatPacket>(scale);
   Index i = 0;
-  for (; i + kSize <= count; i += kSize) ei::pstoreu(dst + i, ei::pmul(load_packet(src + i), factor));
+  for (; i + kSize <= count; i += kSize) {
+    ei::pstoreu(dst + i, ei::pmul(load_packet(src + i), factor));
+  }
   for (; i < count; ++i) dst[i] = scale * static_cast<float>(src[i]);
 }
 

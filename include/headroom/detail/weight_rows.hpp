@@ -62,8 +62,9 @@ void weight_row_dots(const float* x, Index x_stride, const Weight* w, Index w_st
   // Each group requests the rows two groups on, which follow it in memory: rows of a few KiB are
   // streams too short for the hardware prefetcher to run ahead of. examples/generate's random
   // model (rows of 2 KiB), one thread on Zen 3, three alternated runs: 32-35 tokens/s without,
-  // 46-48 with (f32 weights: 33-35); one, two or four groups on were alike. The last groups
-  // request their own rows again rather than rows past the block (another thread's, or none).
+  // 46-48 with (f32 weights: 33-35); one, two or four groups on were alike. Near the block's end
+  // the groups request its last group (which the last one then reads twice) rather than rows
+  // past it: another thread's, or past the matrix.
   constexpr Index kAheadRows = 2 * kRows;
   Index r = 0;
   for (; r + kRows <= rows; r += kRows) {
